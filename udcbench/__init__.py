@@ -1,0 +1,13 @@
+"""udcbench: adversarial robustness benchmark for under-display-camera image restoration."""
+
+__version__ = "0.1.0"
+
+from udcbench.api import run  # noqa: E402
+from udcbench.attacks import make_attack  # noqa: E402
+from udcbench.data import load_dataset  # noqa: E402
+from udcbench.defenses import make_defense  # noqa: E402
+from udcbench.models import load_model  # noqa: E402
+from udcbench.spec import AttackSpec, DataSpec, DefenseSpec, ModelSpec, RunSpec  # noqa: E402
+
+__all__ = ["AttackSpec", "DataSpec", "DefenseSpec", "ModelSpec", "RunSpec", "__version__", "load_dataset",
+           "load_model", "make_attack", "make_defense", "run"]

@@ -1,0 +1,94 @@
+"""The Python API; the CLI and the tests go through these same functions.
+
+    import udcbench
+    model = udcbench.load_model("uformer")                 # bundled uformer-nano
+    attack = udcbench.make_attack("pgd", eps=8/255, steps=20)
+    frame = udcbench.run(udcbench.RunSpec(), out="runs/demo")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from udcbench.attacks import make_attack, make_objective, parse_eps
+from udcbench.data import load_dataset
+from udcbench.defenses import make_defense
+from udcbench.errors import SpecError
+from udcbench.models import bundled_weights, load_model
+from udcbench.report import leaderboard
+from udcbench.runner.execute import Job, execute
+from udcbench.runner.store import ResultStore
+from udcbench.spec import THREATS, RunSpec, file_digest, stable_hash
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise SpecError(f"unknown device {device!r}; use cpu, cuda or auto")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SpecError("--device cuda asked for, but this torch sees no CUDA GPU; use --device cpu or auto")
+    return torch.device(device)
+
+
+def prepare(spec: RunSpec) -> Job:
+    """Validate and resolve a spec (model, weights, attack, defense, data) without writing anything."""
+    if spec.threat not in THREATS:
+        raise SpecError(f"threat model {spec.threat!r} is not available; choose one of {', '.join(THREATS)}")
+    if spec.seed < 0:
+        raise SpecError(f"--seed must be a non-negative integer, got {spec.seed}")
+    device = resolve_device(spec.device)
+    params = dict(spec.attack.params)
+    if "eps" in params:
+        params["eps"] = parse_eps(params["eps"])
+    attack = make_attack(spec.attack.name, **params)
+    objective = make_objective(spec.attack.objective)
+    defense = make_defense(spec.defense.spec)
+    dataset = load_dataset(spec.data.name, split=spec.data.split, limit=spec.data.limit)
+    model = load_model(spec.model.name, weights=spec.model.weights, device=device, seed=spec.seed)
+    info = model.info
+    if info.weights.startswith("bundled:"):
+        weights_id = "bundled:" + file_digest(bundled_weights(info.name))
+    elif info.weights == "random":
+        weights_id = f"random:{spec.seed}"
+    else:
+        weights_id = "file:" + file_digest(info.weights)
+    data_id = spec.data.name if spec.data.name in ("udc-mini",) else str(Path(spec.data.name).resolve())
+    resolved = {"model": info.name, "weights": weights_id, "attack": attack.name, "params": attack.params,
+                "objective": objective.name, "defense": defense.spec, "data": data_id, "split": spec.data.split,
+                "seed": spec.seed, "threat": spec.threat, "device": device.type}
+    labels = {"model": info.name, "weights": info.weights, "defense": defense.spec, "threat": spec.threat,
+              "attack": attack.name, "objective": objective.name, "eps": attack.params.get("eps"),
+              "alpha": attack.params.get("alpha"), "steps": attack.params.get("steps"), "data": data_id,
+              "split": spec.data.split, "seed": spec.seed, "device": str(device)}
+    return Job(run_hash=stable_hash(resolved), model=model, attack=attack, objective=objective, defense=defense,
+               dataset=dataset, device=device, labels=labels)
+
+
+def run(spec: RunSpec, out: str | Path | None = None,
+        progress: Callable[[int, int, str], None] | None = None, job: Job | None = None) -> pd.DataFrame:
+    """Run one benchmark spec; rows go to `out/results.db` (or memory when out is None) and the leaderboard
+    is re-rendered into `out`. Returns this run's rows (all images of the selection, resumed ones included)."""
+    job = job or prepare(spec)  # every check happens before anything is written
+    if out is not None:
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise SpecError(f"--out {out} is a file; pass a folder")
+        out.mkdir(parents=True, exist_ok=True)
+    store = ResultStore(None if out is None else out / "results.db")
+    try:
+        store.register_run(job.run_hash, {"spec": spec.to_dict(), "resolved_labels": job.labels})
+        stats = execute(job, store, progress)
+        rows = store.rows(job.run_hash)
+        if out is not None:
+            leaderboard.write(leaderboard.summarise(store.rows()), out)
+    finally:
+        store.close()
+    selected = set(job.dataset.names())
+    rows = rows[rows["image"].isin(selected)].reset_index(drop=True)
+    rows.attrs.update(run_hash=job.run_hash, **stats)
+    return rows

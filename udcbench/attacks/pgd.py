@@ -1,0 +1,75 @@
+"""Projected gradient descent (PGD), L∞.
+
+Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018; for restoration,
+Yu et al., "Towards Robust Rain Removal Against Adversarial Attacks", CVPR 2022 (ε ∈ {1,2,4,8}/255,
+α = ε/4, 20 steps, MSE to the clean output).
+
+Distance: L∞, ‖δ‖∞ ≤ eps, and y + δ ∈ [0, 1].
+Arguments: eps (8/255), alpha (None -> eps/4), steps (20), random_start (True: δ ~ U(−eps, eps)),
+restarts (1; the strongest result per image is kept).
+Each step ascends the objective by alpha·sign(∇δ), then projects onto the ε-ball and [0, 1]. The best iterate
+per image is returned (so more steps never give a weaker result for the same seed).
+Shapes: degraded (B, 3, H, W) in [0, 1] -> (B, 3, H, W).
+
+    attack = make_attack("pgd", eps=8/255, steps=20)
+    adversarial = attack.perturb(model, y, objective, objective.reference(model(y), x), generator)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from udcbench.attacks.base import Attack
+from udcbench.errors import SpecError
+from udcbench.registry import register_attack
+
+DEFAULTS = {"eps": 8 / 255, "alpha": None, "steps": 20, "random_start": True, "restarts": 1}
+
+
+class PGD(Attack):
+    name = "pgd"
+
+    def __init__(self, eps: float = 8 / 255, alpha: float | None = None, steps: int = 20,
+                 random_start: bool = True, restarts: int = 1):
+        if not 0 < eps <= 1:
+            raise SpecError(f"pgd: eps must lie in (0, 1], got {eps:g}")
+        alpha = eps / 4 if alpha is None else alpha
+        if alpha <= 0:
+            raise SpecError(f"pgd: alpha must be positive, got {alpha:g}")
+        if int(steps) < 0 or int(restarts) < 1:
+            raise SpecError(f"pgd: steps must be ≥ 0 and restarts ≥ 1, got steps={steps}, restarts={restarts}")
+        super().__init__(eps=float(eps), alpha=float(alpha), steps=int(steps), random_start=bool(random_start),
+                         restarts=int(restarts))
+
+    def _project(self, adversarial, degraded):
+        eps = self.params["eps"]
+        return torch.min(torch.max(adversarial, degraded - eps), degraded + eps).clamp(0.0, 1.0)
+
+    def perturb(self, model, degraded, objective, reference, generator):
+        eps, alpha, steps = self.params["eps"], self.params["alpha"], self.params["steps"]
+        degraded = degraded.detach()
+        best = degraded.clone()
+        with torch.no_grad():
+            best_value = objective(model(best), reference)
+        for _ in range(self.params["restarts"]):
+            adversarial = degraded.clone()
+            if self.params["random_start"]:  # drawn on the CPU so a seed gives the same start on any device
+                noise = torch.rand(degraded.shape, generator=generator, dtype=degraded.dtype)
+                adversarial = self._project(degraded + (2 * noise.to(degraded.device) - 1) * eps, degraded)
+            for step in range(steps + 1):
+                adversarial.requires_grad_(True)
+                value = objective(model(adversarial), reference)
+                with torch.no_grad():
+                    better = value > best_value
+                    best = torch.where(better[:, None, None, None], adversarial, best)
+                    best_value = torch.where(better, value, best_value)
+                if step == steps:
+                    break
+                (grad,) = torch.autograd.grad(value.sum(), adversarial)
+                with torch.no_grad():
+                    adversarial = self._project(adversarial + alpha * grad.sign(), degraded)
+        return best.detach()
+
+
+register_attack("pgd", defaults=DEFAULTS, norm="linf", kind="white-box",
+                paper="Madry et al., ICLR 2018; restoration protocol of Yu et al., CVPR 2022")(PGD)

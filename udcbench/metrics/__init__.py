@@ -1,0 +1,5 @@
+"""Image-quality metrics (torch, differentiable)."""
+
+from udcbench.metrics.fidelity import psnr, ssim
+
+__all__ = ["psnr", "ssim"]

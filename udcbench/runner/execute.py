@@ -1,0 +1,94 @@
+"""The local executor: one image at a time through clean restoration, attack, defense and scoring."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
+
+import torch
+
+import udcbench
+from udcbench.metrics import psnr, ssim
+from udcbench.spec import image_seed
+
+
+@dataclass
+class Job:
+    """Everything resolved for one run: what `execute` needs, plus the labels written into every row."""
+
+    run_hash: str
+    model: torch.nn.Module
+    attack: object
+    objective: object
+    defense: object
+    dataset: object
+    device: torch.device
+    labels: dict
+
+
+def _generator(seed: int, image: str, stage: str) -> torch.Generator:
+    return torch.Generator().manual_seed(image_seed(seed, image, stage))
+
+
+def score_image(job: Job, sample) -> dict:
+    """Restore, attack, defend and score one sample; returns a full result row."""
+    seed = job.labels["seed"]
+    degraded = sample.degraded[None].to(job.device)
+    gt = sample.gt[None].to(job.device)
+    defended_model = job.defense.prepare_model(job.model)
+
+    started = time.perf_counter()
+    with torch.no_grad():
+        clean_output = job.model(degraded)  # computed once: the reference and the undefended clean output
+        if job.defense.is_identity:
+            defended_clean = clean_output
+        else:
+            defended_clean = defended_model(job.defense.transform(degraded, _generator(seed, sample.name, "def-clean")))
+    reference = job.objective.reference(clean_output, gt)
+    time_clean = time.perf_counter() - started
+
+    started = time.perf_counter()
+    adversarial = job.attack.perturb(job.model, degraded, job.objective, reference,
+                                     _generator(seed, sample.name, "attack"))
+    time_attack = time.perf_counter() - started
+
+    started = time.perf_counter()
+    with torch.no_grad():
+        defended_adv = defended_model(job.defense.transform(adversarial, _generator(seed, sample.name, "def-adv")))
+        delta = adversarial - degraded
+        row = {
+            "psnr_degraded_gt": psnr(degraded, gt).item(),
+            "psnr_clean_gt": psnr(defended_clean, gt).item(), "ssim_clean_gt": ssim(defended_clean, gt).item(),
+            "psnr_adv_gt": psnr(defended_adv, gt).item(), "ssim_adv_gt": ssim(defended_adv, gt).item(),
+            "psnr_adv_clean": psnr(defended_adv, defended_clean).item(),
+            "ssim_adv_clean": ssim(defended_adv, defended_clean).item(),
+            "psnr_input_adv": psnr(adversarial, degraded).item(),
+            "linf": delta.abs().max().item(), "l2": delta.flatten().norm().item(),
+            "objective_clean": job.objective(clean_output, reference).item(),
+            "objective_adv": job.objective(job.model(adversarial), reference).item(),
+        }
+    row.update(time_clean_s=time_clean, time_attack_s=time_attack, time_eval_s=time.perf_counter() - started)
+    row.update(job.labels)
+    row.update(run_hash=job.run_hash, image=sample.name, attack_params=json.dumps(job.attack.params, sort_keys=True),
+               udcbench_version=udcbench.__version__, torch_version=torch.__version__,
+               created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return row
+
+
+def execute(job: Job, store, progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """Score every sample not yet stored for this run hash; returns counts of done / skipped images."""
+    done = store.done(job.run_hash)
+    names = job.dataset.names()
+    todo = [i for i, name in enumerate(names) if name not in done]
+    skipped = len(names) - len(todo)
+    if progress:
+        progress(skipped, len(names), "")
+    for count, index in enumerate(todo, start=1):
+        sample = job.dataset[index]
+        store.add(score_image(job, sample))
+        if progress:
+            progress(skipped + count, len(names), sample.name)
+    return {"images": len(names), "computed": len(todo), "skipped": skipped}

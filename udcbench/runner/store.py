@@ -1,0 +1,89 @@
+"""The results store: SQLite, one row per (run hash, image), each inserted in its own transaction.
+
+A killed run leaves only whole rows behind; rerunning the same spec skips the images already stored, and the
+primary key makes a doubled row impossible. Leaderboards are always recomputed from these rows.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pandas as pd
+
+from udcbench.errors import StoreError
+
+# (column, SQL type) — the order is the CSV / DataFrame column order
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("run_hash", "TEXT NOT NULL"), ("image", "TEXT NOT NULL"),
+    ("model", "TEXT"), ("weights", "TEXT"), ("defense", "TEXT"), ("threat", "TEXT"),
+    ("attack", "TEXT"), ("objective", "TEXT"), ("eps", "REAL"), ("alpha", "REAL"), ("steps", "INTEGER"),
+    ("attack_params", "TEXT"), ("data", "TEXT"), ("split", "TEXT"), ("seed", "INTEGER"),
+    ("psnr_degraded_gt", "REAL"),
+    ("psnr_clean_gt", "REAL"), ("ssim_clean_gt", "REAL"),
+    ("psnr_adv_gt", "REAL"), ("ssim_adv_gt", "REAL"),
+    ("psnr_adv_clean", "REAL"), ("ssim_adv_clean", "REAL"),
+    ("psnr_input_adv", "REAL"), ("linf", "REAL"), ("l2", "REAL"),
+    ("objective_clean", "REAL"), ("objective_adv", "REAL"),
+    ("time_clean_s", "REAL"), ("time_attack_s", "REAL"), ("time_eval_s", "REAL"),
+    ("device", "TEXT"), ("udcbench_version", "TEXT"), ("torch_version", "TEXT"), ("created_at", "TEXT"),
+)
+COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
+
+
+class ResultStore:
+    """Open (or create) `results.db` at `path`; `path=None` keeps everything in memory."""
+
+    def __init__(self, path: str | Path | None):
+        self.path = None if path is None else Path(path)
+        try:
+            self.conn = sqlite3.connect(":memory:" if path is None else str(path))
+            columns = ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
+            with self.conn:
+                self.conn.execute(f"CREATE TABLE IF NOT EXISTS results ({columns}, PRIMARY KEY (run_hash, image))")
+                self.conn.execute("CREATE TABLE IF NOT EXISTS runs (run_hash TEXT PRIMARY KEY, spec TEXT NOT NULL)")
+            found = [row[1] for row in self.conn.execute("PRAGMA table_info(results)")]
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"cannot use results database {path}: {error}; move it away or pick another --out")
+        if tuple(found) != COLUMN_NAMES:
+            raise StoreError(f"{path} was written by an incompatible udcbench version (columns differ); "
+                             "pick a new --out folder")
+
+    def register_run(self, run_hash: str, spec: dict) -> None:
+        with self.conn:
+            self.conn.execute("INSERT OR IGNORE INTO runs VALUES (?, ?)",
+                              (run_hash, json.dumps(spec, sort_keys=True, default=str)))
+
+    def done(self, run_hash: str) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT image FROM results WHERE run_hash = ?", (run_hash,))}
+
+    def add(self, row: dict) -> bool:
+        """Insert one row in its own transaction; False if that (run hash, image) is already stored."""
+        missing = set(COLUMN_NAMES) - set(row)
+        if missing:
+            raise StoreError(f"internal error: result row lacks {sorted(missing)}")
+        marks = ", ".join("?" for _ in COLUMN_NAMES)
+        with self.conn:
+            cursor = self.conn.execute(f"INSERT OR IGNORE INTO results VALUES ({marks})",
+                                       [row[name] for name in COLUMN_NAMES])
+        return cursor.rowcount == 1
+
+    def rows(self, run_hash: str | None = None) -> pd.DataFrame:
+        query = "SELECT * FROM results"
+        args: tuple = ()
+        if run_hash is not None:
+            query, args = query + " WHERE run_hash = ?", (run_hash,)
+        frame = pd.read_sql_query(query + " ORDER BY run_hash, image", self.conn, params=args)
+        return frame
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def open_existing(out_dir: str | Path) -> ResultStore:
+    """The store of a finished or interrupted run folder (for `udcbench leaderboard DIR`)."""
+    path = Path(out_dir) / "results.db"
+    if not path.is_file():
+        raise StoreError(f"{out_dir} holds no results.db; pass the --out folder of a `udcbench run`")
+    return ResultStore(path)

@@ -1,0 +1,78 @@
+"""Frozen run specifications and their stable hash.
+
+The hash covers everything that decides a result row's numbers: the resolved model configuration and a digest
+of its weights, the attack with all parameters filled in, the objective, the defense, the dataset identity and
+split, the seed, the threat model and the device type. It leaves out `limit` and the output folder, so a run
+with --limit 4 followed by a full run resumes instead of starting over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+THREATS = ("gray-box",)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str = "uformer"
+    weights: str | None = None  # None: bundled; "random"; or a checkpoint path
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    name: str = "pgd"
+    params: tuple[tuple[str, Any], ...] = ()
+    objective: str = "mse-clean"
+
+    @staticmethod
+    def of(name: str, objective: str = "mse-clean", **params) -> "AttackSpec":
+        return AttackSpec(name, tuple(sorted((k, v) for k, v in params.items() if v is not None)), objective)
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    spec: str = "none"
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    name: str = "udc-mini"
+    split: str = "test"
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    attack: AttackSpec = field(default_factory=AttackSpec)
+    defense: DefenseSpec = field(default_factory=DefenseSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    seed: int = 0
+    device: str = "cpu"
+    threat: str = "gray-box"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def stable_hash(resolved: dict) -> str:
+    """16 hex digits of SHA-256 over canonical JSON (sorted keys, no whitespace)."""
+    text = json.dumps(resolved, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_digest(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def image_seed(seed: int, image: str, stage: str) -> int:
+    """A per-image, per-stage seed, independent of image order and of --limit."""
+    return int(hashlib.sha256(f"{seed}:{image}:{stage}".encode()).hexdigest()[:15], 16)

@@ -17,7 +17,8 @@ from udcbench.errors import UdcbenchError
 
 app = typer.Typer(help="Adversarial robustness benchmark for under-display-camera (UDC) image restoration.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-console = Console()
+# piped or captured output gets a wide fixed width so tables stay readable in logs (rich would use 80)
+console = Console(width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True)
 
 
@@ -26,16 +27,27 @@ def fail(error: Exception) -> None:
     raise typer.Exit(2)
 
 
-def show_table(frame, title: str) -> None:
-    from udcbench.report.leaderboard import METRICS
+SHORT_LABELS = {"psnr_clean_gt": "clean PSNR", "ssim_clean_gt": "clean SSIM", "psnr_adv_gt": "attacked PSNR",
+                "ssim_adv_gt": "attacked SSIM", "psnr_adv_clean": "PSNR vs clean out",
+                "ssim_adv_clean": "SSIM vs clean out"}
+ALWAYS_SHOWN = ("model", "defense", "attack", "eps")
 
-    labels = dict(METRICS)
-    table = Table(title=title, title_justify="left")
-    for column in frame.columns:
-        table.add_column(labels.get(column, column), justify="right" if frame[column].dtype.kind in "fi" else "left")
-    for values in frame.itertuples(index=False):
+
+def show_table(frame, title: str) -> None:
+    """The leaderboard as a rich table; key columns with one value for all rows move into the caption."""
+    from udcbench.report.leaderboard import KEYS
+
+    constant = [c for c in KEYS if c not in ALWAYS_SHOWN and frame[c].nunique(dropna=False) <= 1 and len(frame)]
+    shown = [c for c in frame.columns if c not in constant]
+    caption = " · ".join(f"{c} {frame[c].iloc[0]}" for c in constant)
+    table = Table(title=title, title_justify="left", caption=caption or None, caption_justify="left")
+    for column in shown:
+        numeric = frame[column].dtype.kind in "fi"
+        table.add_column(SHORT_LABELS.get(column, column), justify="right" if numeric else "left",
+                         no_wrap=numeric or column in ("model", "eps", "weights"))
+    for values in frame[shown].itertuples(index=False):
         cells = []
-        for column, value in zip(frame.columns, values):
+        for column, value in zip(shown, values):
             if isinstance(value, float):
                 cells.append(f"{value:.4f}" if column.startswith("ssim") else f"{value:.2f}")
             else:
@@ -80,7 +92,7 @@ def run(
                           f"bundled weights; {info.parameters / 1e6:.2f} M parameters)")
         if info.weights == "random":
             console.print("[yellow]warning:[/] random (untrained) weights; the leaderboard marks them")
-        console.print(f"{info.name} · {job.attack!r} · objective {job.objective.name} · defense {job.defense.spec} "
+        console.print(f"{info.name} · {job.attack.describe()} · objective {job.objective.name} · defense {job.defense.spec} "
                       f"· {job.dataset.info.name} ({len(job.dataset)} images) · seed {seed} · {job.device} · "
                       f"run {job.run_hash}")
         columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),

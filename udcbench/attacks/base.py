@@ -38,6 +38,14 @@ class Attack:
                 generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
+    def describe(self) -> str:
+        """`pgd(eps=8/255, alpha=2/255, steps=20, ...)`: budgets shown as k/255 where they are."""
+        from udcbench.report.leaderboard import format_eps
+
+        inner = ", ".join(f"{k}={format_eps(v)}" if k in ("eps", "alpha") and isinstance(v, float) else f"{k}={v}"
+                          for k, v in self.params.items())
+        return f"{self.name}({inner})"
+
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.params.items())
         return f"{self.name}({inner})"

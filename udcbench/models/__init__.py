@@ -31,8 +31,9 @@ def resolve_name(name: str) -> tuple[str, str | None]:
     if family:
         raise SpecError(f"model family {name!r} has no configuration with bundled weights; pick one of "
                         f"{', '.join(family)} and pass --weights FILE or --weights random")
-    MODELS.get(name)  # raises UnknownNameError listing the known models
-    raise UnknownNameError(name)
+    families = sorted({entry.info["family"] for entry in MODELS.entries() if "family" in entry.info} - set(names))
+    raise UnknownNameError(f"unknown model {name!r}; known models: {', '.join(families + names)} (a family name "
+                           "picks its configuration with bundled weights; see `udcbench list models`)")
 
 
 def load_model(name: str, weights: str | Path | None = None, device: str | torch.device = "cpu",

@@ -130,6 +130,7 @@ def list_(kind: Kind = typer.Argument(..., help="What to list.")) -> None:
     """List registered models, attacks, defenses, datasets or metrics."""
     from udcbench import registry
     from udcbench.models import bundled_weights
+    from udcbench.report.leaderboard import format_eps
 
     entries = getattr(registry, kind.value.upper()).entries()
     table = Table(title=kind.value, title_justify="left")
@@ -148,7 +149,7 @@ def list_(kind: Kind = typer.Argument(..., help="What to list.")) -> None:
         for column in ("name", "kind", "norm", "defaults", "paper"):
             table.add_column(column, no_wrap=column == "name")
         for entry in entries:
-            defaults = ", ".join(f"{k}={'eps/4' if v is None and k == 'alpha' else v}"
+            defaults = ", ".join(f"{k}={'eps/4' if v is None and k == 'alpha' else format_eps(v) if k == 'eps' else v}"
                                  for k, v in entry.info.get("defaults", {}).items())
             table.add_row(entry.name, entry.info.get("kind", ""), entry.info.get("norm", ""), defaults,
                           entry.info.get("paper", ""))

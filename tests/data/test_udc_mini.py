@@ -38,7 +38,6 @@ def test_degradation_is_real():
 
 
 def test_regeneration_reproduces_the_bundled_pixels(tmp_path):
-    pytest.importorskip("skimage")
     build_udc_mini(tmp_path)
     for split in ("test", "train"):
         for path in sorted((BUNDLED_DIR / split / "input").glob("*.png")):

@@ -52,8 +52,12 @@ def load_model(name: str, weights: str | Path | None = None, device: str | torch
     if weights is None:
         path = bundled_weights(config)
         if path is None:
+            family = entry.info.get("family", config)
+            siblings = [n for n in MODELS.names() if n != config and bundled_weights(n)
+                        and MODELS.get(n).info.get("family") == family]
+            hint = f" (bundled: {', '.join(siblings)})" if siblings else ""
             raise SpecError(f"model {config!r} has no bundled weights; pass --weights FILE (an official "
-                            "checkpoint) or --weights random")
+                            f"checkpoint) or --weights random{hint}")
         state, _ = read_state_dict(path)
         load_into(net, state, str(path))
         label = f"bundled:{path.name}"
@@ -61,7 +65,8 @@ def load_model(name: str, weights: str | Path | None = None, device: str | torch
         label = "random"
     else:
         state, _ = read_state_dict(weights)
-        load_into(net, state, str(weights))
+        convert = entry.info.get("convert_state")  # e.g. legacy weight-norm keys -> this model's keys
+        load_into(net, convert(state) if convert else state, str(weights))
         label = str(Path(weights).resolve())
     parameters = sum(p.numel() for p in net.parameters())
     info = ModelInfo(name=config, family=entry.info.get("family", config), weights=label, parameters=parameters,

@@ -10,13 +10,26 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from udcbench.errors import SpecError
+
+TONE_MAP = "x/(x+0.25)"
+
 
 @dataclass(frozen=True)
 class InputContract:
-    """What a network expects. value_range: the range its inputs/outputs live in (images in [0,1] are mapped
-    linearly onto it); pad_multiple: H and W must be multiples of this; square: H must equal W; pad_mode:
-    'reflect' or 'zeros-centre' (zero padding around a centred image, as Uformer's official test does);
-    extra_inputs: names of further inputs the dataset must supply (e.g. 'psf_code')."""
+    """What a network expects, so the wrapper can translate from the [0,1] images users and attacks see.
+
+    value_range: the range of the network's inputs/outputs; [0,1] images are mapped linearly onto it
+        (e.g. (-1, 1) for a tanh network).
+    tone_mapping: None, or "x/(x+0.25)": the [0,1] images are tone-mapped HDR and the network works on linear
+        HDR values (the wrapper applies x = 0.25·u/(1−u), capped at value_range[1], before the network and
+        u = x/(x+0.25) after it). value_range is then the linear HDR range, e.g. (0, 500).
+    pad_multiple / square / pad_mode: H and W must be multiples of pad_multiple (and equal if square); the
+        wrapper pads ('reflect', 'replicate', or 'zeros-centre': zeros around a centred image, as Uformer's
+        official test does) and crops the output back.
+    extra_inputs: further positional inputs of forward() that each sample must supply (e.g. 'psf_code').
+    output_index: for networks returning several outputs, which one is the restored image.
+    """
 
     value_range: tuple[float, float] = (0.0, 1.0)
     pad_multiple: int = 1
@@ -24,6 +37,7 @@ class InputContract:
     pad_mode: str = "reflect"
     extra_inputs: tuple[str, ...] = ()
     tone_mapping: str | None = None
+    output_index: int | None = None
     note: str = ""
 
     def describe(self) -> str:
@@ -68,20 +82,64 @@ class RestorationModel(nn.Module):
     def contract(self) -> InputContract:
         return self.info.contract
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def _to_network(self, image: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.contract.value_range
+        if self.contract.tone_mapping == TONE_MAP:
+            u = image.clamp(0.0, hi / (hi + 0.25))
+            return 0.25 * u / (1.0 - u)
+        return image * (hi - lo) + lo if (lo, hi) != (0.0, 1.0) else image
+
+    def _from_network(self, out: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.contract.value_range
+        if self.contract.tone_mapping == TONE_MAP:
+            out = out.clamp(min=0.0)
+            return out / (out + 0.25)
+        return (out - lo) / (hi - lo) if (lo, hi) != (0.0, 1.0) else out
+
+    def forward(self, image: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
         contract = self.contract
+        missing = [name for name in contract.extra_inputs if name not in extras]
+        if missing:
+            raise SpecError(f"model {self.info.name} needs {', '.join(missing)} for every image, and the dataset "
+                            "supplies none; use a dataset that provides it (see `udcbench list datasets`)")
         height, width = image.shape[-2:]
-        lo, hi = contract.value_range
-        x = image * (hi - lo) + lo if (lo, hi) != (0.0, 1.0) else image
+        x = self._to_network(image)
         target_h, target_w = contract.padded_size(height, width)
         top = left = 0
         if (target_h, target_w) != (height, width):
+            pad_h, pad_w = target_h - height, target_w - width
             if contract.pad_mode == "zeros-centre":
-                top, left = (target_h - height) // 2, (target_w - width) // 2
-                x = F.pad(x, (left, target_w - width - left, top, target_h - height - top))
+                top, left = pad_h // 2, pad_w // 2
+                x = F.pad(x, (left, pad_w - left, top, pad_h - top))
             else:
-                x = F.pad(x, (0, target_w - width, 0, target_h - height), mode="reflect")
-        out = self.net(x)[..., top:top + height, left:left + width]
-        if (lo, hi) != (0.0, 1.0):
-            out = (out - lo) / (hi - lo)
-        return out.clamp(0.0, 1.0)
+                mode = contract.pad_mode
+                if mode == "reflect" and (pad_h >= height or pad_w >= width):
+                    mode = "replicate"  # reflection cannot pad more than the image holds
+                x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        out = self.net(x, *[extras[name] for name in contract.extra_inputs])
+        if contract.output_index is not None:
+            out = out[contract.output_index]
+        out = out[..., top:top + height, left:left + width]
+        return self._from_network(out).clamp(0.0, 1.0)
+
+    def bind(self, **extras: torch.Tensor) -> "RestorationModel | BoundModel":
+        """The model with a sample's extra inputs fixed, callable as model(image) by attacks."""
+        return BoundModel(self, extras) if extras else self
+
+
+class BoundModel(nn.Module):
+    """A RestorationModel with extra inputs (e.g. a PSF code) fixed for one sample or batch."""
+
+    def __init__(self, model: RestorationModel, extras: dict[str, torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self.extras = extras
+        self.info = model.info
+
+    @property
+    def contract(self) -> InputContract:
+        return self.model.contract
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        extras = {k: v.expand(image.shape[0], *v.shape[1:]) if v.shape[0] == 1 else v for k, v in self.extras.items()}
+        return self.model(image, **extras)

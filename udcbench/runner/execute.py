@@ -38,11 +38,13 @@ def score_image(job: Job, sample) -> dict:
     seed = job.labels["seed"]
     degraded = sample.degraded[None].to(job.device)
     gt = sample.gt[None].to(job.device)
-    defended_model = job.defense.prepare_model(job.model)
+    model = job.model.bind(**{k: v[None].to(job.device) for k, v in sample.extras.items()
+                              if k in job.model.contract.extra_inputs})
+    defended_model = job.defense.prepare_model(model)
 
     started = time.perf_counter()
     with torch.no_grad():
-        clean_output = job.model(degraded)  # computed once: the reference and the undefended clean output
+        clean_output = model(degraded)  # computed once: the reference and the undefended clean output
         if job.defense.is_identity:
             defended_clean = clean_output
         else:
@@ -51,7 +53,7 @@ def score_image(job: Job, sample) -> dict:
     time_clean = time.perf_counter() - started
 
     started = time.perf_counter()
-    adversarial = job.attack.perturb(job.model, degraded, job.objective, reference,
+    adversarial = job.attack.perturb(model, degraded, job.objective, reference,
                                      _generator(seed, sample.name, "attack"))
     time_attack = time.perf_counter() - started
 
@@ -68,7 +70,7 @@ def score_image(job: Job, sample) -> dict:
             "psnr_input_adv": psnr(adversarial, degraded).item(),
             "linf": delta.abs().max().item(), "l2": delta.flatten().norm().item(),
             "objective_clean": job.objective(clean_output, reference).item(),
-            "objective_adv": job.objective(job.model(adversarial), reference).item(),
+            "objective_adv": job.objective(model(adversarial), reference).item(),
         }
     row.update(time_clean_s=time_clean, time_attack_s=time_attack, time_eval_s=time.perf_counter() - started)
     row.update(job.labels)

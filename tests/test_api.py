@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 import udcbench
-from udcbench import AttackSpec, DataSpec, DefenseSpec, ModelSpec, RunSpec
+from udcbench import AttackSpec, DataSpec, ModelSpec, RunSpec
 from udcbench.errors import SpecError
 
 

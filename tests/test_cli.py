@@ -80,7 +80,25 @@ def test_list(kind, expected):
     assert result.exit_code == 0 and expected in result.output
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["list"], ["leaderboard"], ["train"]])
+def test_load_verifies_checkpoints(tmp_path):
+    import torch
+
+    from udcbench.models.uformer import CONFIGS, Uformer
+
+    net = Uformer(**CONFIGS["uformer-nano"])
+    path = tmp_path / "nano.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, path)
+    result = invoke("load", "uformer-nano", "--weights", str(path))
+    assert result.exit_code == 0, result.output
+    assert "752,346" in result.output and "square ×128" in result.output
+    result = invoke("load", "wiener")
+    assert result.exit_code == 0 and "needs psf" in result.output
+    torch.save({"params": {"conv.weight": torch.zeros(1)}}, tmp_path / "wrong.pth")
+    result = invoke("load", "uformer-nano", "--weights", str(tmp_path / "wrong.pth"))
+    assert result.exit_code == 2 and "missing keys" in result.output and "unexpected keys: conv.weight" in result.output
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["list"], ["leaderboard"], ["train"], ["load"]])
 def test_help_everywhere(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0 and "Usage" in result.output

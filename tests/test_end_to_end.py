@@ -24,7 +24,7 @@ def test_headline_command_on_udc_mini(tmp_path):
     degraded = sum(r[3] for r in rows) / 24
     assert clean - degraded >= 2.0  # the bundled model restores
     assert attacked < clean - 1.0  # PGD at 8/255 hurts against ground truth
-    assert versus_clean < clean + 5.0  # and the output moves far from the clean output
+    assert versus_clean < 25.0  # and the output moves far from the clean output (31.8 dB clean, 15.9 measured)
     assert max(r[4] for r in rows) <= 8 / 255 + 1e-6
     csv = (out / "leaderboard.csv").read_bytes()
     second = runner.invoke(app, ["run", "--model", "uformer", "--attack", "pgd", "--out", str(out)])

@@ -53,6 +53,8 @@ def prepare(spec: RunSpec) -> Job:
     info = model.info
     if info.weights.startswith("bundled:"):
         weights_id = "bundled:" + file_digest(bundled_weights(info.name))
+    elif info.weights.startswith("none"):
+        weights_id = "none"
     elif info.weights == "random":
         weights_id = f"random:{spec.seed}"
     else:

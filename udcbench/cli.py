@@ -143,6 +143,7 @@ def list_(kind: Kind = typer.Argument(..., help="What to list.")) -> None:
             with torch.device("meta"):
                 count = sum(p.numel() for p in entry.factory().parameters())
             table.add_row(entry.name, entry.info.get("family", ""), f"{count / 1e6:.2f} M",
+                          "training-free" if entry.info.get("weights_free") else
                           "bundled" if bundled_weights(entry.name) else "--weights FILE|random",
                           entry.info["contract"].describe(), entry.info.get("paper", ""))
     elif kind is Kind.attacks:
@@ -159,6 +160,46 @@ def list_(kind: Kind = typer.Argument(..., help="What to list.")) -> None:
         for entry in entries:
             table.add_row(entry.name, entry.info.get("description", entry.info.get("kind", "")))
     console.print(table)
+
+
+@app.command()
+def load(
+    model: str = typer.Argument(..., help="Model configuration, e.g. uformer-t."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Checkpoint to verify (default: bundled)."),
+    size: int = typer.Option(64, "--size", help="Side of the random test input."),
+) -> None:
+    """Verify a checkpoint: load it strictly, run one forward pass, print parameters and input contract."""
+    import time
+
+    import torch
+
+    from udcbench.models import load_model
+
+    try:
+        loaded = load_model(model, weights=weights)
+        info = loaded.info
+        generator = torch.Generator().manual_seed(0)
+        image = torch.rand(1, 3, size, size, generator=generator)
+        extras = {}
+        if info.contract.extra_inputs:  # the embedded dataset's PSF and code stand in for a real sample's
+            from udcbench.data import load_dataset
+
+            sample_extras = load_dataset("udc-mini", limit=1)[0].extras
+            extras = {k: sample_extras[k][None] for k in info.contract.extra_inputs}
+        started = time.perf_counter()
+        with torch.no_grad():
+            out = loaded(image, **extras)
+        elapsed = time.perf_counter() - started
+        if out.shape != image.shape or not torch.isfinite(out).all():
+            raise UdcbenchError(f"{info.name} gave {tuple(out.shape)} (finite: {bool(torch.isfinite(out).all())}) "
+                                f"for a {tuple(image.shape)} input; the checkpoint or the model is broken")
+        console.print(f"[green]ok[/] {info.name}: weights {info.weights}")
+        console.print(f"  parameters  {info.parameters:,} ({info.parameters / 1e6:.3f} M)")
+        console.print(f"  contract    {info.contract.describe()}")
+        console.print(f"  forward     1×3×{size}×{size} -> {tuple(out.shape)} in {elapsed:.2f} s, output range "
+                      f"[{out.min().item():.3f}, {out.max().item():.3f}]")
+    except UdcbenchError as error:
+        fail(error)
 
 
 class Format(str, Enum):
@@ -205,11 +246,20 @@ def train(
     try:
         config = TrainConfig(model=model, data=data, steps=steps, batch_size=batch_size, crop=crop, lr=lr, seed=seed)
         command = "udcbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TimeRemainingColumn(), TextColumn("loss {task.fields[loss]:.4f}"), console=console) as bar:
-            task = bar.add_task("train", total=steps, loss=0.0)
-            meta = train_model(config, out, command=command,
-                               progress=lambda step, loss: bar.update(task, completed=step, loss=loss))
+        if console.is_terminal:
+            with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          TimeRemainingColumn(), TextColumn("loss {task.fields[loss]:.4f}"), console=console) as bar:
+                task = bar.add_task("train", total=steps, loss=0.0)
+                meta = train_model(config, out, command=command,
+                                   progress=lambda step, loss: bar.update(task, completed=step, loss=loss))
+        else:  # logs: one plain line every 5 %
+            every = max(1, steps // 20)
+
+            def log(step: int, loss: float) -> None:
+                if step % every == 0 or step == steps:
+                    console.print(f"step {step}/{steps} loss {loss:.4f}", highlight=False)
+
+            meta = train_model(config, out, command=command, progress=log)
         console.print(f"saved {out}: test PSNR {meta['test_psnr_degraded']} dB (degraded) → "
                       f"{meta['test_psnr_restored']} dB (restored)")
     except UdcbenchError as error:

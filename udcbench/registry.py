@@ -66,7 +66,10 @@ class Registry:
         return self._entries[name]
 
 
-MODELS = Registry("model", ("udcbench.models.uformer",))
+MODELS = Registry("model", ("udcbench.models.uformer", "udcbench.models.nafnet", "udcbench.models.restormer",
+                            "udcbench.models.ecfnet", "udcbench.models.udcunet", "udcbench.models.dagf",
+                            "udcbench.models.discnet", "udcbench.models.bnudc", "udcbench.models.dwformer",
+                            "udcbench.models.wiener"))
 ATTACKS = Registry("attack", ("udcbench.attacks.pgd",))
 DEFENSES = Registry("defense", ("udcbench.defenses.transforms",))
 DATASETS = Registry("dataset", ("udcbench.data.datasets",))

@@ -1,7 +1,8 @@
 """Datasets: `load_dataset(name_or_path, split="test", limit=None)`.
 
 A dataset yields `Sample`s one at a time (large images stream): the degraded capture and its ground truth as
-float32 tensors (3, H, W) in [0, 1], plus extras a model may need (e.g. a PSF code). Registered names
+float32 tensors (3, H, W) in [0, 1], plus extras a model may need: `psf` (3, k, k), the effective blur kernel
+(PSF × per-channel transmittance), and `psf_code` (5, 1, 1), the PSF's code for DISCNet-style conditioning. Registered names
 (`udc-mini`) come first; anything else is read as a folder in the layout `ROOT/{split}/{input,gt}/NAME.png`
 (or `ROOT/{input,gt}/NAME.png` without a split level), with matching file names.
 """
@@ -56,8 +57,10 @@ def read_png(path: Path) -> torch.Tensor:
 class PairFolderDataset:
     """Matching file names in an input folder and a ground-truth folder."""
 
-    def __init__(self, input_dir: Path, gt_dir: Path, info: DatasetInfo, limit: int | None = None):
+    def __init__(self, input_dir: Path, gt_dir: Path, info: DatasetInfo, limit: int | None = None,
+                 extras: dict[str, torch.Tensor] | None = None):
         self.info = info
+        self.extras = dict(extras or {})  # per-dataset inputs every sample carries (e.g. the PSF)
         inputs = {p.name: p for p in sorted(input_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
         gts = {p.name: p for p in sorted(gt_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
         only_in = sorted(set(inputs) ^ set(gts))
@@ -85,7 +88,7 @@ class PairFolderDataset:
         if degraded.shape != gt.shape:
             raise DataError(f"{name}: input {tuple(degraded.shape)} and ground truth {tuple(gt.shape)} differ in "
                             "size; pairs must be aligned")
-        return Sample(name, degraded, gt)
+        return Sample(name, degraded, gt, dict(self.extras))
 
     def __iter__(self) -> Iterator[Sample]:
         for index in range(len(self)):
@@ -116,6 +119,13 @@ def udc_mini(split: str = "test", limit: int | None = None) -> PairFolderDataset
     dataset = _folder_dataset(BUNDLED_DIR, split, limit, name="udc-mini",
                               description=DATASETS.get("udc-mini").info["description"])
     dataset.info.value_range = tuple(meta["value_range"])
+    transmittance = torch.tensor(meta["simulation"]["display"]["transmittance"], dtype=torch.float32)
+    psf = torch.from_numpy(np.load(BUNDLED_DIR / "psf.npy")).float()
+    dataset.extras = {
+        # the effective blur of the capture: the PSF scaled by the display's per-channel transmittance
+        "psf": psf * transmittance[:, None, None],
+        "psf_code": torch.from_numpy(np.load(BUNDLED_DIR / "psf_code.npy")).float().view(-1, 1, 1),
+    }
     return dataset
 
 

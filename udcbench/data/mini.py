@@ -2,7 +2,9 @@
 
 Layout (bundled in the package, PNG 8-bit RGB):
     udc_mini/meta.json                      simulation parameters, photo list, crop boxes, seed
-    udc_mini/psf.npy                        the (3, 63, 63) PSF used
+    udc_mini/psf.npy                        the (3, 63, 63) PSF used (each channel sums to 1)
+    udc_mini/psf_code.npy                   its 5-d code on the principal components of a bank of PSFs
+                                            (`synth.psf_code`), the condition DISCNet-style models take
     udc_mini/{train,test}/{input,gt}/NAME.png
 
 Split: every photo is split by columns. The right-hand strip (about 30 % of the width, inset by the PSF radius
@@ -93,8 +95,11 @@ def build_udc_mini(out_dir: Path) -> dict:
         records["train"].append({"name": name, "photo": name, "top": margin, "left": margin,
                                  "height": height - 2 * margin, "width": right - margin})
     np.save(out_dir / "psf.npy", psf.astype(np.float32))
+    code = synth.psf_code(psf, synth.psf_bank(display, optics))
+    np.save(out_dir / "psf_code.npy", code.astype(np.float32))
     meta = {"name": "udc-mini", "seed": SEED, "noise_level": NOISE_LEVEL, "crop": CROP, "gap": GAP,
             "value_range": [0.0, 1.0], "tone_mapping": None, "source": "scikit-image data photos",
+            "psf_code": [round(float(c), 6) for c in code],
             "simulation": synth.metadata(display, optics), "splits": records}
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return meta

@@ -129,6 +129,23 @@ def capture(image: np.ndarray, display: Display, psf: np.ndarray, rng: np.random
     return np.clip(blurred, 0.0, 1.0)
 
 
+def psf_code(psf: np.ndarray, bank: list[np.ndarray], components: int = 5) -> np.ndarray:
+    """A low-dimensional PSF code, as DISCNet conditions on: the PSF's coefficients on the first principal
+    components of a bank of PSFs (each flattened; the bank mean removed). Shape (components,)."""
+    stack = np.stack([b.reshape(-1) for b in bank])
+    mean = stack.mean(axis=0)
+    _, _, basis = np.linalg.svd(stack - mean, full_matrices=False)
+    basis = basis[:components]
+    basis *= np.sign(basis[:, :1] + 1e-30)  # fix each component's sign so the code is deterministic
+    return (psf.reshape(-1) - mean) @ basis.T
+
+
+def psf_bank(base: Display, optics: Optics = Optics(), openings=(0.4, 0.55, 0.7, 0.85)) -> list[np.ndarray]:
+    """PSFs of displays like `base` with other opening widths/heights (the basis for `psf_code`)."""
+    return [simulate_psf(dataclasses.replace(base, name=f"{base.name}-{ox}x{oy}", open_x=ox, open_y=oy), optics)
+            for ox in openings for oy in openings]
+
+
 def metadata(display: Display, optics: Optics) -> dict:
     """Every simulation parameter, for the dataset's meta.json."""
     return {"display": dataclasses.asdict(display), "optics": dataclasses.asdict(optics),

@@ -49,7 +49,11 @@ def load_model(name: str, weights: str | Path | None = None, device: str | torch
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = entry.factory()
-    if weights is None:
+    if entry.info.get("weights_free"):
+        if weights not in (None, "random"):
+            raise SpecError(f"model {config!r} has no trainable weights; drop --weights")
+        label = "none (training-free)"
+    elif weights is None:
         path = bundled_weights(config)
         if path is None:
             family = entry.info.get("family", config)

@@ -96,7 +96,9 @@ class RestorationModel(nn.Module):
             return out / (out + 0.25)
         return (out - lo) / (hi - lo) if (lo, hi) != (0.0, 1.0) else out
 
-    def forward(self, image: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, clamp: bool = True, **extras: torch.Tensor) -> torch.Tensor:
+        """[0,1] image (B, 3, H, W) -> restored [0,1] image of the same size; clamp=False (for training) keeps
+        the gradient where the network overshoots the range."""
         contract = self.contract
         missing = [name for name in contract.extra_inputs if name not in extras]
         if missing:
@@ -120,7 +122,8 @@ class RestorationModel(nn.Module):
         if contract.output_index is not None:
             out = out[contract.output_index]
         out = out[..., top:top + height, left:left + width]
-        return self._from_network(out).clamp(0.0, 1.0)
+        out = self._from_network(out)
+        return out.clamp(0.0, 1.0) if clamp else out
 
     def bind(self, **extras: torch.Tensor) -> "RestorationModel | BoundModel":
         """The model with a sample's extra inputs fixed, callable as model(image) by attacks."""

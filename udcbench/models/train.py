@@ -2,7 +2,7 @@
 
 Reproducible: one seed drives initialisation, crop positions, flips and batch order (CPU, 2 threads; the
 same command on the same platform gives the same weights). The recipe: random crops with horizontal/vertical
-flips, L1 loss, Adam with a cosine learning-rate schedule and gradient-norm clipping, and an exponential
+flips, L1 loss on the wrapped model's [0,1] output (so every network trains through its own input contract), Adam with a cosine learning-rate schedule and gradient-norm clipping, and an exponential
 moving average (EMA) of the weights, which is what is saved. The command, the seed and the final test PSNR
 are written into the safetensors header.
 
@@ -40,8 +40,8 @@ class TrainConfig:
     seed: int = 0
 
 
-def _random_batch(samples, config: TrainConfig, generator: torch.Generator):
-    inputs, targets = [], []
+def _random_batch(samples, config: TrainConfig, generator: torch.Generator, extra_names=()):
+    inputs, targets, extras = [], [], {name: [] for name in extra_names}
     for _ in range(config.batch_size):
         sample = samples[int(torch.randint(len(samples), (1,), generator=generator))]
         _, height, width = sample.degraded.shape
@@ -55,7 +55,9 @@ def _random_batch(samples, config: TrainConfig, generator: torch.Generator):
             pair = pair.flip(-2)
         inputs.append(pair[0])
         targets.append(pair[1])
-    return torch.stack(inputs), torch.stack(targets)
+        for name in extra_names:
+            extras[name].append(sample.extras[name])
+    return torch.stack(inputs), torch.stack(targets), {k: torch.stack(v) for k, v in extras.items()}
 
 
 def evaluate(model, dataset) -> tuple[float, float]:
@@ -64,8 +66,9 @@ def evaluate(model, dataset) -> tuple[float, float]:
     with torch.no_grad():
         for sample in dataset:
             degraded, gt = sample.degraded[None], sample.gt[None]
+            extras = {k: v[None] for k, v in sample.extras.items() if k in model.contract.extra_inputs}
             before.append(psnr(degraded, gt).item())
-            after.append(psnr(model(degraded), gt).item())
+            after.append(psnr(model(degraded, **extras), gt).item())
     return sum(before) / len(before), sum(after) / len(after)
 
 
@@ -95,8 +98,8 @@ def train(config: TrainConfig, out: Path, command: str = "",
         lr = config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        inputs, targets = _random_batch(samples, config, generator)
-        loss = F.l1_loss(net(inputs), targets)
+        inputs, targets, extras = _random_batch(samples, config, generator, model.contract.extra_inputs)
+        loss = F.l1_loss(model(inputs, clamp=False, **extras), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), config.clip)
@@ -115,7 +118,7 @@ def train(config: TrainConfig, out: Path, command: str = "",
     metadata = {key: str(value) for key, value in asdict(config).items()}
     metadata.update(command=command, train_seconds=f"{time.time() - started:.0f}",
                     test_psnr_degraded=f"{degraded_psnr:.3f}", test_psnr_restored=f"{restored_psnr:.3f}",
-                    torch=torch.__version__)
+                    torch=torch.__version__, threads=str(torch.get_num_threads()))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from udcbench.models.base import InputContract
 from udcbench.registry import register_model

@@ -25,6 +25,8 @@ def weights_label(label: str) -> str:
         return "RANDOM (untrained)"
     if label.startswith("bundled:"):
         return "bundled"
+    if label.startswith("none"):
+        return "none"
     return Path(label).name
 
 

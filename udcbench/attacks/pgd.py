@@ -57,8 +57,10 @@ class PGD(Attack):
                 noise = torch.rand(degraded.shape, generator=generator, dtype=degraded.dtype)
                 adversarial = self._project(degraded + (2 * noise.to(degraded.device) - 1) * eps, degraded)
             for step in range(steps + 1):
-                adversarial.requires_grad_(True)
-                value = objective(model(adversarial), reference)
+                last = step == steps  # the final iterate is only scored: no graph needed
+                adversarial.requires_grad_(not last)
+                with torch.set_grad_enabled(not last):
+                    value = objective(model(adversarial), reference)
                 with torch.no_grad():
                     better = value > best_value
                     best = torch.where(better[:, None, None, None], adversarial, best)

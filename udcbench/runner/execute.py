@@ -59,7 +59,11 @@ def score_image(job: Job, sample) -> dict:
 
     started = time.perf_counter()
     with torch.no_grad():
-        defended_adv = defended_model(job.defense.transform(adversarial, _generator(seed, sample.name, "def-adv")))
+        adversarial_output = model(adversarial)
+        if job.defense.is_identity:
+            defended_adv = adversarial_output
+        else:
+            defended_adv = defended_model(job.defense.transform(adversarial, _generator(seed, sample.name, "def-adv")))
         delta = adversarial - degraded
         row = {
             "psnr_degraded_gt": psnr(degraded, gt).item(),
@@ -70,7 +74,7 @@ def score_image(job: Job, sample) -> dict:
             "psnr_input_adv": psnr(adversarial, degraded).item(),
             "linf": delta.abs().max().item(), "l2": delta.flatten().norm().item(),
             "objective_clean": job.objective(clean_output, reference).item(),
-            "objective_adv": job.objective(model(adversarial), reference).item(),
+            "objective_adv": job.objective(adversarial_output, reference).item(),
         }
     row.update(time_clean_s=time_clean, time_attack_s=time_attack, time_eval_s=time.perf_counter() - started)
     row.update(job.labels)

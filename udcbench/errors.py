@@ -27,3 +27,7 @@ class MissingExtraError(UdcbenchError):
 
 class StoreError(UdcbenchError):
     """The results store cannot be opened or written."""
+
+
+class MissingWeightsError(UdcbenchError):
+    """Weights that udcbench cannot bundle (e.g. LPIPS backbones) are not on this machine."""

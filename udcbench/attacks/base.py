@@ -1,5 +1,12 @@
 """The attack protocol: an attack takes a model, inputs, an objective and its reference, and returns
-perturbed inputs inside its budget and [0, 1]. Parameters are validated against the registered defaults."""
+perturbed inputs inside its budget and [0, 1]. Parameters are validated against the registered defaults.
+
+Every attack evaluates the objective through `self.value(model, x, objective, reference)`, so the adaptive
+wrappers (EOT, in `adaptive.py`) can change how a value is estimated without touching the attack's loop.
+Black-box attacks count their model queries per image in `self.last_queries` (a (B,) int64 tensor); white-box
+attacks leave it None. `attack(model, y, objective, reference, generator, mask=...)` applies an optional mask
+that restricts δ to a region, for any attack.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +18,8 @@ from udcbench.errors import SpecError
 from udcbench.registry import ATTACKS
 
 
-def parse_eps(text: str | float) -> float:
-    """'8/255' or '0.0314' -> float in (0, 1]."""
+def parse_eps(text: str | float, norm: str = "linf") -> float:
+    """'8/255' or '0.0314' -> float; in (0, 1] for L∞ budgets, any positive value for L2 budgets."""
     if isinstance(text, (int, float)):
         value = float(text)
     else:
@@ -21,22 +28,89 @@ def parse_eps(text: str | float) -> float:
         except (ValueError, ZeroDivisionError):
             raise SpecError(f"cannot read eps {text!r}; write it as a fraction like 8/255 or a number like "
                             "0.0314") from None
+    if norm == "l2":
+        if not value > 0.0:
+            raise SpecError(f"an L2 eps must be positive (the L2 norm of δ over the whole image), got {value:g}; "
+                            "e.g. --eps 1.0")
+        return value
     if not 0.0 < value <= 1.0:
         raise SpecError(f"eps must lie in (0, 1] (images are in [0, 1]), got {value:g}; e.g. --eps 8/255")
     return value
 
 
+def project_linf(adversarial: torch.Tensor, degraded: torch.Tensor, eps: float) -> torch.Tensor:
+    """Onto {‖x − y‖∞ ≤ eps} ∩ [0, 1]."""
+    return torch.min(torch.max(adversarial, degraded - eps), degraded + eps).clamp(0.0, 1.0)
+
+
+def project_l2(adversarial: torch.Tensor, degraded: torch.Tensor, eps: float) -> torch.Tensor:
+    """Onto {‖x − y‖₂ ≤ eps} (per image), then [0, 1] (clipping only shrinks the norm)."""
+    delta = adversarial - degraded
+    norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+    factor = torch.clamp(eps / norms, max=1.0)
+    return (degraded + delta * factor[:, None, None, None]).clamp(0.0, 1.0)
+
+
+def l2_normalise(tensor: torch.Tensor) -> torch.Tensor:
+    """Per image: tensor / ‖tensor‖₂ (zero stays zero)."""
+    norms = tensor.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return tensor / norms[:, None, None, None]
+
+
+def cpu_rand(shape, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """U(0,1) drawn on the CPU generator (so a seed gives the same numbers on any device), moved to `like`."""
+    return torch.rand(shape, generator=generator, dtype=like.dtype).to(like.device)
+
+
+class BestTracker:
+    """Keeps, per image, the input with the highest objective value seen so far."""
+
+    def __init__(self, adversarial: torch.Tensor, value: torch.Tensor):
+        self.adversarial = adversarial.detach().clone()
+        self.value = value.detach().clone()
+
+    def update(self, adversarial: torch.Tensor, value: torch.Tensor) -> None:
+        with torch.no_grad():
+            better = value.detach() > self.value
+            self.adversarial = torch.where(better[:, None, None, None], adversarial.detach(), self.adversarial)
+            self.value = torch.where(better, value.detach(), self.value)
+
+
 class Attack:
-    """Base class: subclasses set `name` and implement `perturb`."""
+    """Base class: subclasses set `name`, `norm` ("linf" | "l2" | "none"), `kind` and implement `perturb`."""
 
     name = "attack"
+    norm = "linf"
+    kind = "white-box"
 
     def __init__(self, **params):
         self.params = params
+        self.last_queries: torch.Tensor | None = None
+
+    def value(self, model, adversarial: torch.Tensor, objective, reference: torch.Tensor) -> torch.Tensor:
+        """The objective of model(adversarial), shape (B,); differentiable when grad is enabled."""
+        return objective(model(adversarial), reference)
 
     def perturb(self, model, degraded: torch.Tensor, objective, reference: torch.Tensor,
                 generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
+
+    def __call__(self, model, degraded: torch.Tensor, objective, reference: torch.Tensor,
+                 generator: torch.Generator, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """perturb(), with δ restricted to `mask` (1 = may change; broadcastable to the image) when given.
+        The model is then attacked through y + mask·δ, so gradients and queries only see the region."""
+        if mask is None:
+            return self.perturb(model, degraded, objective, reference, generator)
+        mask = mask.to(degraded.device, degraded.dtype)
+
+        def restricted(x):
+            return model(degraded + mask * (x - degraded))
+
+        for name in ("contract", "info", "extras"):
+            if hasattr(model, name):
+                setattr(restricted, name, getattr(model, name))
+        adversarial = self.perturb(restricted, degraded, objective, reference, generator)
+        return (degraded + mask * (adversarial - degraded)).detach()
 
     def describe(self) -> str:
         """`pgd(eps=8/255, alpha=2/255, steps=20, ...)`: budgets shown as k/255 where they are."""
@@ -60,4 +134,6 @@ def make_attack(name: str, **params) -> Attack:
         raise SpecError(f"attack {name!r} has no parameter(s) {', '.join(unknown)}; its parameters are "
                         f"{', '.join(f'{k}={v}' for k, v in defaults.items())}")
     merged = {**defaults, **{k: v for k, v in params.items() if v is not None}}
+    if "eps" in merged and isinstance(merged["eps"], str):
+        merged["eps"] = parse_eps(merged["eps"], entry.info.get("norm", "linf"))
     return entry.factory(**merged)

@@ -17,7 +17,13 @@ from udcbench.errors import SpecError
 
 @dataclass(frozen=True)
 class Objective:
+    """`targeted` objectives pull the output toward a target (their value is −distance, so it still rises);
+    `uses_clean_output` says the reference is computed from the clean output (a transfer attack recomputes it
+    on its surrogate)."""
+
     name: str = "base"
+    targeted = False
+    uses_clean_output = False
 
     def reference(self, clean_output: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -32,6 +38,7 @@ class MSEToClean(Objective):
 
     name: str = "mse-clean"
     quantise: bool = True
+    uses_clean_output = True
 
     def reference(self, clean_output, gt):
         clean = clean_output.detach()

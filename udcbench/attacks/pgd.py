@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from udcbench.attacks.base import Attack
+from udcbench.attacks.base import Attack, BestTracker, cpu_rand, project_linf
 from udcbench.errors import SpecError
 from udcbench.registry import register_attack
 
@@ -28,6 +28,8 @@ DEFAULTS = {"eps": 8 / 255, "alpha": None, "steps": 20, "random_start": True, "r
 
 class PGD(Attack):
     name = "pgd"
+    norm = "linf"
+    kind = "white-box"
 
     def __init__(self, eps: float = 8 / 255, alpha: float | None = None, steps: int = 20,
                  random_start: bool = True, restarts: int = 1):
@@ -41,37 +43,28 @@ class PGD(Attack):
         super().__init__(eps=float(eps), alpha=float(alpha), steps=int(steps), random_start=bool(random_start),
                          restarts=int(restarts))
 
-    def _project(self, adversarial, degraded):
-        eps = self.params["eps"]
-        return torch.min(torch.max(adversarial, degraded - eps), degraded + eps).clamp(0.0, 1.0)
-
     def perturb(self, model, degraded, objective, reference, generator):
         eps, alpha, steps = self.params["eps"], self.params["alpha"], self.params["steps"]
         degraded = degraded.detach()
-        best = degraded.clone()
         with torch.no_grad():
-            best_value = objective(model(best), reference)
+            best = BestTracker(degraded, self.value(model, degraded, objective, reference))
         for _ in range(self.params["restarts"]):
             adversarial = degraded.clone()
             if self.params["random_start"]:  # drawn on the CPU so a seed gives the same start on any device
-                noise = torch.rand(degraded.shape, generator=generator, dtype=degraded.dtype)
-                adversarial = self._project(degraded + (2 * noise.to(degraded.device) - 1) * eps, degraded)
+                noise = cpu_rand(degraded.shape, generator, degraded)
+                adversarial = project_linf(degraded + (2 * noise - 1) * eps, degraded, eps)
             for step in range(steps + 1):
                 last = step == steps  # the final iterate is only scored: no graph needed
                 adversarial.requires_grad_(not last)
                 with torch.set_grad_enabled(not last):
-                    value = objective(model(adversarial), reference)
-                with torch.no_grad():
-                    better = value > best_value
-                    best = torch.where(better[:, None, None, None], adversarial, best)
-                    best_value = torch.where(better, value, best_value)
-                if step == steps:
+                    value = self.value(model, adversarial, objective, reference)
+                best.update(adversarial, value)
+                if last:
                     break
                 (grad,) = torch.autograd.grad(value.sum(), adversarial)
                 with torch.no_grad():
-                    adversarial = self._project(adversarial + alpha * grad.sign(), degraded)
-        return best.detach()
-
+                    adversarial = project_linf(adversarial + alpha * grad.sign(), degraded, eps)
+        return best.adversarial
 
 register_attack("pgd", defaults=DEFAULTS, norm="linf", kind="white-box",
                 paper="Madry et al., ICLR 2018; restoration protocol of Yu et al., CVPR 2022")(PGD)

@@ -14,7 +14,8 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from udcbench.attacks import make_attack, make_objective, parse_eps
+from udcbench.attacks import make_attack, make_objective
+from udcbench.attacks.objectives import parse_mask
 from udcbench.data import load_dataset
 from udcbench.defenses import make_defense
 from udcbench.errors import SpecError
@@ -42,11 +43,19 @@ def prepare(spec: RunSpec) -> Job:
     if spec.seed < 0:
         raise SpecError(f"--seed must be a non-negative integer, got {spec.seed}")
     device = resolve_device(spec.device)
-    params = dict(spec.attack.params)
-    if "eps" in params:
-        params["eps"] = parse_eps(params["eps"])
-    attack = make_attack(spec.attack.name, **params)
+    attack = make_attack(spec.attack.name, **dict(spec.attack.params))
     objective = make_objective(spec.attack.objective)
+    objective.check()
+    mask = parse_mask(spec.attack.mask)
+    mask_id = spec.attack.mask
+    if mask_id is not None and not mask_id.startswith("box:"):
+        mask_id = "file:" + file_digest(mask_id)
+    if spec.lpips is not None:
+        if spec.lpips not in ("alex", "vgg"):
+            raise SpecError(f"--lpips takes alex or vgg, got {spec.lpips!r}")
+        from udcbench.metrics.lpips import find_weights
+
+        find_weights(spec.lpips)
     defense = make_defense(spec.defense.spec)
     dataset = load_dataset(spec.data.name, split=spec.data.split, limit=spec.data.limit)
     model = load_model(spec.model.name, weights=spec.model.weights, device=device, seed=spec.seed)
@@ -63,12 +72,21 @@ def prepare(spec: RunSpec) -> Job:
     resolved = {"model": info.name, "weights": weights_id, "attack": attack.name, "params": attack.params,
                 "objective": objective.name, "defense": defense.spec, "data": data_id, "split": spec.data.split,
                 "seed": spec.seed, "threat": spec.threat, "device": device.type}
+    if mask_id is not None:  # only when set, so runs without one keep the hashes of earlier versions
+        resolved["mask"] = mask_id
+    if spec.lpips is not None:
+        resolved["lpips"] = spec.lpips
+    if attack.params.get("surrogate_weights"):
+        resolved["surrogate_weights"] = "file:" + file_digest(attack.params["surrogate_weights"])
+    if getattr(objective, "target", "input") != "input":
+        resolved["target"] = "file:" + file_digest(objective.target)
     labels = {"model": info.name, "weights": info.weights, "defense": defense.spec, "threat": spec.threat,
-              "attack": attack.name, "objective": objective.name, "eps": attack.params.get("eps"),
+              "attack": attack.name, "objective": objective.name, "norm": attack.norm, "mask": spec.attack.mask,
+              "eps": attack.params.get("eps"),
               "alpha": attack.params.get("alpha"), "steps": attack.params.get("steps"), "data": data_id,
               "split": spec.data.split, "seed": spec.seed, "device": str(device)}
     return Job(run_hash=stable_hash(resolved), model=model, attack=attack, objective=objective, defense=defense,
-               dataset=dataset, device=device, labels=labels)
+               dataset=dataset, device=device, labels=labels, mask=mask, lpips_net=spec.lpips)
 
 
 def run(spec: RunSpec, out: str | Path | None = None,

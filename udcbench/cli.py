@@ -29,7 +29,8 @@ def fail(error: Exception) -> None:
 
 SHORT_LABELS = {"psnr_clean_gt": "clean PSNR", "ssim_clean_gt": "clean SSIM", "psnr_adv_gt": "attacked PSNR",
                 "ssim_adv_gt": "attacked SSIM", "psnr_adv_clean": "PSNR vs clean out",
-                "ssim_adv_clean": "SSIM vs clean out"}
+                "ssim_adv_clean": "SSIM vs clean out", "lpips_clean_gt": "clean LPIPS",
+                "lpips_adv_gt": "attacked LPIPS", "lpips_adv_clean": "LPIPS vs clean out"}
 ALWAYS_SHOWN = ("model", "defense", "attack", "eps")
 
 
@@ -48,12 +49,61 @@ def show_table(frame, title: str) -> None:
     for values in frame[shown].itertuples(index=False):
         cells = []
         for column, value in zip(shown, values):
-            if isinstance(value, float):
-                cells.append(f"{value:.4f}" if column.startswith("ssim") else f"{value:.2f}")
+            if isinstance(value, float) and value != value:
+                cells.append("-")
+            elif isinstance(value, float):
+                digits = {"ssim": 4, "lpips": 4, "queries": 0}.get(column.split("_")[0], 2)
+                cells.append(f"{value:.{digits}f}")
             else:
                 cells.append(str(value))
         table.add_row(*cells)
     console.print(table)
+
+
+def parse_attack_params(items: list[str]) -> dict:
+    """`KEY=VALUE` strings -> typed values: fractions (2/255) stay text for the attack to parse; ints, floats,
+    true/false and none are converted; anything else is a string."""
+    params = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UdcbenchError(f"cannot read --attack-param {item!r}; write KEY=VALUE, e.g. -p basis=dct")
+        text = text.strip()
+        lowered = text.lower()
+        if lowered in ("true", "false"):
+            value = lowered == "true"
+        elif lowered == "none":
+            value = None
+        else:
+            try:
+                value = int(text)
+            except ValueError:
+                try:
+                    value = float(text)
+                except ValueError:
+                    value = text
+        params[key.strip().replace("-", "_")] = value
+    return params
+
+
+def attack_variant(name: str, norm: str | None) -> str:
+    """--norm picks the L∞ or L2 variant of an attack: pgd + l2 -> pgd-l2, square-l2 + linf -> square."""
+    from udcbench.registry import ATTACKS
+
+    if norm is None:
+        return name
+    norm = norm.lower().replace("∞", "inf")
+    if norm not in ("linf", "l2"):
+        raise UdcbenchError(f"unknown --norm {norm!r}; use linf or l2")
+    entry = ATTACKS.get(name)
+    if entry.info.get("norm") in (norm, "base's"):
+        return name
+    base = name[:-3] if name.endswith("-l2") else name
+    candidate = base if norm == "linf" else f"{base}-l2"
+    if candidate in ATTACKS.names():
+        return candidate
+    raise UdcbenchError(f"attack {name!r} has no {norm} variant; attacks with one: "
+                        f"{', '.join(e.name for e in ATTACKS.entries() if e.info.get('norm') == norm)}")
 
 
 @app.command()
@@ -62,10 +112,22 @@ def run(
     attack: str = typer.Option("pgd", "--attack", "-a", help="Attack name (`udcbench list attacks`)."),
     defense: str = typer.Option("none", "--defense", "-d", help="Defense spec; compose with '+', e.g. a+b."),
     data: str = typer.Option("udc-mini", "--data", help="Registered dataset name or a folder of pairs."),
-    eps: str = typer.Option("8/255", "--eps", help="L∞ budget: a fraction like 8/255 or a number like 0.0314."),
-    steps: int = typer.Option(20, "--steps", help="Attack iterations."),
-    alpha: Optional[float] = typer.Option(None, "--alpha", help="Step size (default eps/4)."),
-    objective: str = typer.Option("mse-clean", "--objective", help="What the attack maximises: mse-clean, mse-gt."),
+    eps: Optional[str] = typer.Option(None, "--eps", help="Budget: L∞ as a fraction like 8/255, or an L2 norm "
+                                      "(e.g. 1.0) for L2 attacks (default: the attack's, 8/255 for pgd)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Attack iterations (default: the attack's)."),
+    alpha: Optional[str] = typer.Option(None, "--alpha", help="Step size, e.g. 2/255 (default: the attack's)."),
+    restarts: Optional[int] = typer.Option(None, "--restarts", help="Random restarts; the strongest per image."),
+    queries: Optional[int] = typer.Option(None, "--queries", help="Query budget of black-box attacks."),
+    norm: Optional[str] = typer.Option(None, "--norm", help="linf or l2: picks the attack's variant (pgd-l2, ...)."),
+    attack_param: list[str] = typer.Option([], "--attack-param", "-p", help="KEY=VALUE for any other attack "
+                                           "parameter (repeatable), e.g. -p basis=dct."),
+    surrogate: Optional[str] = typer.Option(None, "--surrogate", help="Surrogate model of the transfer attack."),
+    objective: str = typer.Option("mse-clean", "--objective", help="What the attack maximises: mse-clean, mse-gt, "
+                                  "l1-clean, lpips-clean, targeted:input or targeted:IMAGE."),
+    lpips: Optional[str] = typer.Option(None, "--lpips", help="Also score LPIPS with this backbone (alex or "
+                                        "vgg; needs local weights, see README)."),
+    mask: Optional[str] = typer.Option(None, "--mask", help="Restrict δ to a region: box:TOP,LEFT,HEIGHT,WIDTH "
+                                       "(fractions) or a PNG (white = may change)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Checkpoint file, or 'random' (default: bundled)."),
     seed: int = typer.Option(0, "--seed", help="Seed for random starts (recorded with every row)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N images."),
@@ -82,9 +144,12 @@ def run(
     try:
         if limit is not None and limit < 1:
             raise UdcbenchError(f"--limit must be at least 1, got {limit}")
+        attack = attack_variant(attack, norm)
+        params = {"eps": eps, "steps": steps, "alpha": alpha, "restarts": restarts, "queries": queries,
+                  "surrogate": surrogate, **parse_attack_params(attack_param)}
         spec = RunSpec(model=ModelSpec(model, weights), defense=DefenseSpec(defense),
-                       attack=AttackSpec.of(attack, objective=objective, eps=eps, steps=steps, alpha=alpha),
-                       data=DataSpec(data, split, limit), seed=seed, device=device)
+                       attack=AttackSpec.of(attack, objective=objective, mask=mask, **params),
+                       data=DataSpec(data, split, limit), seed=seed, device=device, lpips=lpips)
         job = api.prepare(spec)
         info = job.model.info
         if info.resolved_from:
@@ -92,7 +157,8 @@ def run(
                           f"bundled weights; {info.parameters / 1e6:.2f} M parameters)")
         if info.weights == "random":
             console.print("[yellow]warning:[/] random (untrained) weights; the leaderboard marks them")
-        console.print(f"{info.name} · {job.attack.describe()} · objective {job.objective.name} · defense {job.defense.spec} "
+        console.print(f"{info.name} · {job.attack.describe()} · objective {job.objective.name} · "
+                      f"defense {job.defense.spec} "
                       f"· {job.dataset.info.name} ({len(job.dataset)} images) · seed {seed} · {job.device} · "
                       f"run {job.run_hash}")
         columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -150,7 +216,8 @@ def list_(kind: Kind = typer.Argument(..., help="What to list.")) -> None:
         for column in ("name", "kind", "norm", "defaults", "paper"):
             table.add_column(column, no_wrap=column == "name")
         for entry in entries:
-            defaults = ", ".join(f"{k}={'eps/4' if v is None and k == 'alpha' else format_eps(v) if k == 'eps' else v}"
+            norm = entry.info.get("norm", "linf")
+            defaults = ", ".join(f"{k}={'auto' if v is None else format_eps(v, norm) if k == 'eps' else v}"
                                  for k, v in entry.info.get("defaults", {}).items())
             table.add_row(entry.name, entry.info.get("kind", ""), entry.info.get("norm", ""), defaults,
                           entry.info.get("paper", ""))

@@ -70,10 +70,14 @@ MODELS = Registry("model", ("udcbench.models.uformer", "udcbench.models.nafnet",
                             "udcbench.models.ecfnet", "udcbench.models.udcunet", "udcbench.models.dagf",
                             "udcbench.models.discnet", "udcbench.models.bnudc", "udcbench.models.dwformer",
                             "udcbench.models.wiener"))
-ATTACKS = Registry("attack", ("udcbench.attacks.pgd",))
+ATTACKS = Registry("attack", ("udcbench.attacks.pgd", "udcbench.attacks.fgsm", "udcbench.attacks.pgd_l2",
+                              "udcbench.attacks.momentum", "udcbench.attacks.cw", "udcbench.attacks.lpips_pgd",
+                              "udcbench.attacks.transfer",
+                              "udcbench.attacks.simba", "udcbench.attacks.square",
+                              "udcbench.attacks.backends"))
 DEFENSES = Registry("defense", ("udcbench.defenses.transforms",))
 DATASETS = Registry("dataset", ("udcbench.data.datasets",))
-METRICS = Registry("metric", ("udcbench.metrics.fidelity",))
+METRICS = Registry("metric", ("udcbench.metrics.fidelity", "udcbench.metrics.lpips"))
 
 register_model = MODELS.register
 register_attack = ATTACKS.register

@@ -27,10 +27,12 @@ class AttackSpec:
     name: str = "pgd"
     params: tuple[tuple[str, Any], ...] = ()
     objective: str = "mse-clean"
+    mask: str | None = None  # None, "box:TOP,LEFT,HEIGHT,WIDTH" (fractions) or a PNG file
 
     @staticmethod
-    def of(name: str, objective: str = "mse-clean", **params) -> "AttackSpec":
-        return AttackSpec(name, tuple(sorted((k, v) for k, v in params.items() if v is not None)), objective)
+    def of(name: str, objective: str = "mse-clean", mask: str | None = None, **params) -> "AttackSpec":
+        return AttackSpec(name, tuple(sorted((k, v) for k, v in params.items() if v is not None)), objective,
+                          mask)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class RunSpec:
     seed: int = 0
     device: str = "cpu"
     threat: str = "gray-box"
+    lpips: str | None = None  # "alex" or "vgg": also score LPIPS (needs local weights)
 
     def to_dict(self) -> dict:
         return asdict(self)

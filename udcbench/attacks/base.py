@@ -95,16 +95,50 @@ class Attack:
                 generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
+    def ascend(self, model, adversarial: torch.Tensor, objective, reference: torch.Tensor, steps: int,
+               update, best: BestTracker | None = None) -> BestTracker:
+        """The loop of the iterative gradient attacks: score the iterate, take ∇ of the objective, and move to
+        `update(iterate, gradient)` (which steps and projects), `steps` times. Every iterate, the last one
+        included (scored without a graph), goes into `best` (created from the first iterate when None)."""
+        for step in range(steps + 1):
+            last = step == steps
+            adversarial = adversarial.detach().requires_grad_(not last)
+            with torch.set_grad_enabled(not last):
+                value = self.value(model, adversarial, objective, reference)
+            if best is None:
+                best = BestTracker(adversarial, value)
+            else:
+                best.update(adversarial, value)
+            if last:
+                break
+            (grad,) = torch.autograd.grad(value.sum(), adversarial)
+            with torch.no_grad():
+                adversarial = update(adversarial.detach(), grad)
+        return best
+
     def __call__(self, model, degraded: torch.Tensor, objective, reference: torch.Tensor,
                  generator: torch.Generator, mask: torch.Tensor | None = None) -> torch.Tensor:
         """perturb(), with δ restricted to `mask` (1 = may change; broadcastable to the image) when given.
         The model is then attacked through y + mask·δ, so gradients and queries only see the region."""
         if mask is None:
             return self.perturb(model, degraded, objective, reference, generator)
+        if degraded.shape[0] > 1:  # attacks may evaluate subsets of a batch: restrict one image at a time
+            parts, queries = [], []
+            for i in range(degraded.shape[0]):
+                parts.append(self(model, degraded[i:i + 1], objective, reference[i:i + 1], generator,
+                                  mask if mask.shape[0] == 1 else mask[i:i + 1]))
+                queries.append(self.last_queries)
+            if all(q is not None for q in queries):
+                self.last_queries = torch.cat(queries)
+            return torch.cat(parts)
         mask = mask.to(degraded.device, degraded.dtype)
 
         def restricted(x):
             return model(degraded + mask * (x - degraded))
+
+        # hooks for attacks that feed the model a transformed input (DI-FGSM): restrict first, then transform
+        restricted.restrict = lambda x: degraded + mask * (x - degraded)
+        restricted.unrestricted = model
 
         for name in ("contract", "info", "extras"):
             if hasattr(model, name):
@@ -116,8 +150,8 @@ class Attack:
         """`pgd(eps=8/255, alpha=2/255, steps=20, ...)`: budgets shown as k/255 where they are."""
         from udcbench.report.leaderboard import format_eps
 
-        inner = ", ".join(f"{k}={format_eps(v)}" if k in ("eps", "alpha") and isinstance(v, float) else f"{k}={v}"
-                          for k, v in self.params.items())
+        inner = ", ".join(f"{k}={format_eps(v, self.norm)}" if k in ("eps", "alpha") and isinstance(v, float)
+                          else f"{k}={v}" for k, v in self.params.items())
         return f"{self.name}({inner})"
 
     def __repr__(self) -> str:
@@ -135,5 +169,10 @@ def make_attack(name: str, **params) -> Attack:
                         f"{', '.join(f'{k}={v}' for k, v in defaults.items())}")
     merged = {**defaults, **{k: v for k, v in params.items() if v is not None}}
     if "eps" in merged and isinstance(merged["eps"], str):
-        merged["eps"] = parse_eps(merged["eps"], entry.info.get("norm", "linf"))
+        norm = entry.info.get("norm", "linf")
+        if norm == "base's":  # a wrapper (transfer) budgets in its base attack's norm
+            norm = ATTACKS.get(str(merged.get("base"))).info.get("norm", "linf")
+        merged["eps"] = parse_eps(merged["eps"], norm)
+    if isinstance(merged.get("alpha"), str):
+        merged["alpha"] = parse_eps(merged["alpha"], "l2")  # any positive step size, fractions allowed
     return entry.factory(**merged)

@@ -53,18 +53,10 @@ class PGD(Attack):
             if self.params["random_start"]:  # drawn on the CPU so a seed gives the same start on any device
                 noise = cpu_rand(degraded.shape, generator, degraded)
                 adversarial = project_linf(degraded + (2 * noise - 1) * eps, degraded, eps)
-            for step in range(steps + 1):
-                last = step == steps  # the final iterate is only scored: no graph needed
-                adversarial.requires_grad_(not last)
-                with torch.set_grad_enabled(not last):
-                    value = self.value(model, adversarial, objective, reference)
-                best.update(adversarial, value)
-                if last:
-                    break
-                (grad,) = torch.autograd.grad(value.sum(), adversarial)
-                with torch.no_grad():
-                    adversarial = project_linf(adversarial + alpha * grad.sign(), degraded, eps)
+            self.ascend(model, adversarial, objective, reference, steps, best=best,
+                        update=lambda x, grad: project_linf(x + alpha * grad.sign(), degraded, eps))
         return best.adversarial
+
 
 register_attack("pgd", defaults=DEFAULTS, norm="linf", kind="white-box",
                 paper="Madry et al., ICLR 2018; restoration protocol of Yu et al., CVPR 2022")(PGD)

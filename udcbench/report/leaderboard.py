@@ -13,9 +13,22 @@ KEYS = ["model", "weights", "defense", "threat", "attack", "objective", "eps", "
 METRICS = [("psnr_clean_gt", "clean PSNR"), ("ssim_clean_gt", "clean SSIM"),
            ("psnr_adv_gt", "attacked PSNR"), ("ssim_adv_gt", "attacked SSIM"),
            ("psnr_adv_clean", "attacked PSNR vs clean out"), ("ssim_adv_clean", "attacked SSIM vs clean out")]
+# shown only when some row has them: LPIPS (runs with --lpips) and black-box query counts
+OPTIONAL = [("lpips_clean_gt", "clean LPIPS"), ("lpips_adv_gt", "attacked LPIPS"),
+            ("lpips_adv_clean", "attacked LPIPS vs clean out"), ("queries", "queries")]
+DIGITS = {"psnr": 2, "ssim": 4, "lpips": 4, "queries": 0}
 
 
-def format_eps(eps: float) -> str:
+def _metrics(table: pd.DataFrame) -> list[tuple[str, str]]:
+    return METRICS + [(m, label) for m, label in OPTIONAL if m in table and table[m].notna().any()]
+
+
+def format_eps(eps: float | None, norm: str | None = "linf") -> str:
+    """8/255 for L∞ budgets on the 1/255 grid, 'L2 1' for L2 budgets, '-' for attacks without one (C&W)."""
+    if eps is None or eps != eps:  # None or NaN
+        return "-"
+    if norm == "l2":
+        return f"L2 {eps:.4g}"
     k = eps * 255
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
 
@@ -35,14 +48,17 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame(columns=KEYS + ["images"] + [m for m, _ in METRICS])
     frame = rows.copy()
-    frame["eps"] = frame["eps"].map(format_eps)
+    norms = frame["norm"] if "norm" in frame else pd.Series("linf", index=frame.index)
+    frame["eps"] = [format_eps(eps, norm) for eps, norm in zip(frame["eps"], norms)]
+    frame["steps"] = ["-" if steps is None or steps != steps else str(int(steps)) for steps in frame["steps"]]
     frame["weights"] = frame["weights"].map(weights_label)
     grouped = frame.groupby(KEYS, sort=True, dropna=False)
-    table = grouped[[m for m, _ in METRICS]].mean()
+    metrics = _metrics(frame)
+    table = grouped[[m for m, _ in metrics]].mean()
     table.insert(0, "images", grouped.size())
     table = table.reset_index()
-    for metric, _ in METRICS:
-        table[metric] = table[metric].round(2 if metric.startswith("psnr") else 4)
+    for metric, _ in metrics:
+        table[metric] = table[metric].round(DIGITS[metric.split("_")[0]])
     return table
 
 
@@ -53,9 +69,13 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    headers = KEYS + ["images"] + [label for _, label in METRICS]
-    body = tabulate(table.values.tolist(), headers=headers, tablefmt="pipe", floatfmt=("", "", "", "", "", "", "",
-                    "", "", "", ".2f", ".4f", ".2f", ".4f", ".2f", ".4f"))
+    metrics = _metrics(table)
+    headers = KEYS + ["images"] + [label for _, label in metrics]
+    formats = [""] * (len(KEYS) + 1) + [f".{DIGITS[m.split('_')[0]]}f" for m, _ in metrics]
+    cells = table[KEYS + ["images"] + [m for m, _ in metrics]].astype(object)
+    cells = cells.where(cells.notna(), None)  # NaN (no LPIPS, no queries) prints as '-'
+    body = tabulate(cells.values.tolist(), headers=headers,
+                    tablefmt="pipe", floatfmt=formats, missingval="-")
     return ("PSNR in dB against ground truth (clean, attacked) and against the clean output; mean over images. "
             "Attacks crafted on the undefended model (gray-box).\n\n" + body + "\n")
 

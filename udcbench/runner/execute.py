@@ -27,6 +27,8 @@ class Job:
     dataset: object
     device: torch.device
     labels: dict
+    mask: object = None  # None, or a function (H, W) -> (1, 1, H, W) mask restricting δ
+    lpips_net: str | None = None  # "alex" / "vgg": also score LPIPS
 
 
 def _generator(seed: int, image: str, stage: str) -> torch.Generator:
@@ -49,12 +51,15 @@ def score_image(job: Job, sample) -> dict:
             defended_clean = clean_output
         else:
             defended_clean = defended_model(job.defense.transform(degraded, _generator(seed, sample.name, "def-clean")))
-    reference = job.objective.reference(clean_output, gt)
+    reference = job.objective.reference(clean_output, gt, degraded)
     time_clean = time.perf_counter() - started
 
     started = time.perf_counter()
-    adversarial = job.attack.perturb(model, degraded, job.objective, reference,
-                                     _generator(seed, sample.name, "attack"))
+    mask = None if job.mask is None else job.mask(*degraded.shape[-2:])
+    job.attack.last_queries = None
+    adversarial = job.attack(model, degraded, job.objective, reference, _generator(seed, sample.name, "attack"),
+                             mask=mask)
+    queries = job.attack.last_queries
     time_attack = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -73,9 +78,17 @@ def score_image(job: Job, sample) -> dict:
             "ssim_adv_clean": ssim(defended_adv, defended_clean).item(),
             "psnr_input_adv": psnr(adversarial, degraded).item(),
             "linf": delta.abs().max().item(), "l2": delta.flatten().norm().item(),
+            "queries": None if queries is None else int(queries.reshape(-1)[0]),
             "objective_clean": job.objective(clean_output, reference).item(),
             "objective_adv": job.objective(adversarial_output, reference).item(),
+            "lpips_clean_gt": None, "lpips_adv_gt": None, "lpips_adv_clean": None,
         }
+        if job.lpips_net is not None:
+            from udcbench.metrics.lpips import lpips
+
+            row.update(lpips_clean_gt=lpips(defended_clean, gt, job.lpips_net).item(),
+                       lpips_adv_gt=lpips(defended_adv, gt, job.lpips_net).item(),
+                       lpips_adv_clean=lpips(defended_adv, defended_clean, job.lpips_net).item())
     row.update(time_clean_s=time_clean, time_attack_s=time_attack, time_eval_s=time.perf_counter() - started)
     row.update(job.labels)
     row.update(run_hash=job.run_hash, image=sample.name, attack_params=json.dumps(job.attack.params, sort_keys=True),

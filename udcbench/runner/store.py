@@ -18,13 +18,15 @@ from udcbench.errors import StoreError
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("run_hash", "TEXT NOT NULL"), ("image", "TEXT NOT NULL"),
     ("model", "TEXT"), ("weights", "TEXT"), ("defense", "TEXT"), ("threat", "TEXT"),
-    ("attack", "TEXT"), ("objective", "TEXT"), ("eps", "REAL"), ("alpha", "REAL"), ("steps", "INTEGER"),
+    ("attack", "TEXT"), ("objective", "TEXT"), ("norm", "TEXT"), ("eps", "REAL"), ("alpha", "REAL"),
+    ("steps", "INTEGER"), ("mask", "TEXT"),
     ("attack_params", "TEXT"), ("data", "TEXT"), ("split", "TEXT"), ("seed", "INTEGER"),
     ("psnr_degraded_gt", "REAL"),
     ("psnr_clean_gt", "REAL"), ("ssim_clean_gt", "REAL"),
     ("psnr_adv_gt", "REAL"), ("ssim_adv_gt", "REAL"),
     ("psnr_adv_clean", "REAL"), ("ssim_adv_clean", "REAL"),
-    ("psnr_input_adv", "REAL"), ("linf", "REAL"), ("l2", "REAL"),
+    ("psnr_input_adv", "REAL"), ("linf", "REAL"), ("l2", "REAL"), ("queries", "INTEGER"),
+    ("lpips_clean_gt", "REAL"), ("lpips_adv_gt", "REAL"), ("lpips_adv_clean", "REAL"),
     ("objective_clean", "REAL"), ("objective_adv", "REAL"),
     ("time_clean_s", "REAL"), ("time_attack_s", "REAL"), ("time_eval_s", "REAL"),
     ("device", "TEXT"), ("udcbench_version", "TEXT"), ("torch_version", "TEXT"), ("created_at", "TEXT"),
@@ -46,9 +48,13 @@ class ResultStore:
             found = [row[1] for row in self.conn.execute("PRAGMA table_info(results)")]
         except sqlite3.DatabaseError as error:
             raise StoreError(f"cannot use results database {path}: {error}; move it away or pick another --out")
-        if tuple(found) != COLUMN_NAMES:
+        missing = [(name, kind) for name, kind in COLUMNS if name not in found]
+        if set(found) - set(COLUMN_NAMES) or any(name in ("run_hash", "image") for name, _ in missing):
             raise StoreError(f"{path} was written by an incompatible udcbench version (columns differ); "
                              "pick a new --out folder")
+        with self.conn:  # a store from an older udcbench gains the new columns (NULL in its old rows)
+            for name, kind in missing:
+                self.conn.execute(f"ALTER TABLE results ADD COLUMN {name} {kind}")
 
     def register_run(self, run_hash: str, spec: dict) -> None:
         with self.conn:
@@ -65,12 +71,12 @@ class ResultStore:
             raise StoreError(f"internal error: result row lacks {sorted(missing)}")
         marks = ", ".join("?" for _ in COLUMN_NAMES)
         with self.conn:
-            cursor = self.conn.execute(f"INSERT OR IGNORE INTO results VALUES ({marks})",
+            cursor = self.conn.execute(f"INSERT OR IGNORE INTO results ({', '.join(COLUMN_NAMES)}) VALUES ({marks})",
                                        [row[name] for name in COLUMN_NAMES])
         return cursor.rowcount == 1
 
     def rows(self, run_hash: str | None = None) -> pd.DataFrame:
-        query = "SELECT * FROM results"
+        query = f"SELECT {', '.join(COLUMN_NAMES)} FROM results"
         args: tuple = ()
         if run_hash is not None:
             query, args = query + " WHERE run_hash = ?", (run_hash,)

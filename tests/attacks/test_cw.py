@@ -1,0 +1,118 @@
+import pytest
+import torch
+
+import udcbench.attacks.cw  # noqa: F401  (registers cw)
+import udcbench.attacks.pgd_l2  # noqa: F401  (registers pgd-l2, for comparison)
+from udcbench.attacks import make_attack, make_objective
+from udcbench.errors import SpecError
+from udcbench.metrics import psnr
+
+FAST = {"steps": 30, "search_steps": 4}
+
+
+def attack_once(name, model, degraded, gt, objective="mse-clean", seed=0, **params):
+    objective = make_objective(objective)
+    with torch.no_grad():
+        reference = objective.reference(model(degraded), gt, degraded)
+    attack = make_attack(name, **params)
+    adversarial = attack.perturb(model, degraded, objective, reference, torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        output = model(adversarial)
+        return adversarial, objective(output, reference), objective(model(degraded), reference), \
+            psnr(output, reference)
+
+
+def l2(delta):
+    return delta.flatten(1).norm(dim=1)
+
+
+def test_reaches_the_target_in_range_and_raises_the_objective(tiny_model, images):
+    degraded, gt = images
+    adversarial, value, before, achieved = attack_once("cw", tiny_model, degraded, gt, target_psnr=30.0, **FAST)
+    assert adversarial.shape == degraded.shape
+    assert adversarial.min().item() >= 0.0 and adversarial.max().item() <= 1.0
+    assert torch.all(achieved <= 30.0)
+    assert torch.all(value >= before)
+
+
+def test_saturated_pixels_stay_in_range(tiny_model):
+    degraded = torch.zeros(1, 3, 32, 32)
+    degraded[..., :12] = 1.0
+    degraded[..., 20:] = torch.linspace(0.2, 0.8, 12)  # tanh-saturated pixels barely move: leave it a free band
+    adversarial, _, _, achieved = attack_once("cw", tiny_model, degraded, degraded, target_psnr=30.0, **FAST)
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
+    assert torch.all(achieved <= 30.0)
+    assert (adversarial - degraded)[..., :12].abs().max() < 1e-3
+
+
+def test_deterministic_and_ignores_the_seed(tiny_model, images):
+    degraded, gt = images
+    a = attack_once("cw", tiny_model, degraded[:2], gt[:2], seed=1, steps=10, search_steps=2)[0]
+    b = attack_once("cw", tiny_model, degraded[:2], gt[:2], seed=2, steps=10, search_steps=2)[0]
+    assert torch.equal(a, b)
+
+
+def test_an_image_already_past_the_target_is_returned_unchanged(tiny_model, images):
+    degraded, gt = images  # the clean output is ~69 dB from its quantised self: a 90 dB target is met by y
+    adversarial = attack_once("cw", tiny_model, degraded, gt, target_psnr=90.0, **FAST)[0]
+    assert torch.equal(adversarial, degraded)
+
+
+def test_an_unreachable_target_returns_the_strongest_iterate(tiny_model, images):
+    degraded, gt = images
+    adversarial, value, before, achieved = attack_once("cw", tiny_model, degraded, gt, target_psnr=0.1, steps=10,
+                                                       search_steps=2)
+    assert torch.all(achieved > 0.1)  # not reached...
+    assert torch.all(value > 10 * before)  # ...but the fallback still deviates
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
+
+
+def test_targeted_pulls_the_output_toward_the_target(tiny_model, images):
+    degraded, gt = images
+    assert make_objective("targeted:input").targeted
+    with torch.no_grad():
+        start = psnr(tiny_model(degraded), degraded)  # ≈ 6.5–6.8 dB; this net cannot come much closer to y
+    for i in range(degraded.shape[0]):
+        target = start[i].item() + 0.2
+        _, value, before, achieved = attack_once("cw", tiny_model, degraded[i:i + 1], gt[i:i + 1],
+                                                 objective="targeted:input", target_psnr=target, **FAST)
+        assert achieved.item() >= target and value.item() >= before.item()
+
+
+def test_confidence_asks_for_a_margin_beyond_the_target(tiny_model, images):
+    degraded, gt = images
+    plain = attack_once("cw", tiny_model, degraded[:2], gt[:2], target_psnr=30.0, **FAST)
+    margin = attack_once("cw", tiny_model, degraded[:2], gt[:2], target_psnr=30.0, confidence=2.0, **FAST)
+    assert torch.all(margin[3] <= 28.0)
+    assert l2(margin[0] - degraded[:2]).mean() > l2(plain[0] - degraded[:2]).mean()
+
+
+def test_smaller_l2_than_pgd_l2_for_the_same_deviation(tiny_model, images):
+    """The point of C&W: for the deviation PGD-L2 reaches at eps 0.5 (20 steps), C&W-L2 finds a smaller δ."""
+    degraded, gt = images
+    pgd, _, _, pgd_psnr = attack_once("pgd-l2", tiny_model, degraded, gt, eps=0.5, steps=20)
+    pgd_norm = l2(pgd - degraded)
+    cw_norm, cw_psnr = [], []
+    for i in range(degraded.shape[0]):  # each image gets PGD's own deviation as its target
+        adversarial, _, _, achieved = attack_once("cw", tiny_model, degraded[i:i + 1], gt[i:i + 1],
+                                                  target_psnr=pgd_psnr[i].item(), steps=50, search_steps=6)
+        cw_norm.append(l2(adversarial - degraded[i:i + 1]))
+        cw_psnr.append(achieved)
+    cw_norm, cw_psnr = torch.cat(cw_norm), torch.cat(cw_psnr)
+    assert torch.all(cw_psnr <= pgd_psnr + 1e-4)  # the same deviation reached on every image
+    assert cw_norm.mean() < 0.97 * pgd_norm.mean()
+    assert torch.all(cw_norm < pgd_norm)
+
+
+def test_defaults_and_validation():
+    attack = make_attack("cw")
+    assert attack.params == {"target_psnr": 20.0, "confidence": 0.0, "c_init": 1.0, "steps": 100,
+                             "search_steps": 9, "lr": 0.01, "abort_early": True}
+    assert "eps" not in attack.params
+    assert (attack.name, attack.norm, attack.kind) == ("cw", "l2", "white-box")
+    for bad in ({"target_psnr": 0.0}, {"target_psnr": float("inf")}, {"confidence": -1.0}, {"c_init": 0.0},
+                {"lr": -0.1}, {"steps": 0}, {"search_steps": 0}):
+        with pytest.raises(SpecError):
+            make_attack("cw", **bad)
+    with pytest.raises(SpecError, match="eps"):
+        make_attack("cw", eps=1.0)

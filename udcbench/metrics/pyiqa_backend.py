@@ -1,0 +1,74 @@
+"""Optional metric backend: any full-reference metric of pyiqa (IQA-PyTorch, Chaofeng Chen et al.,
+github.com/chaofengc/IQA-PyTorch) through `pyiqa.create_metric(name, as_loss=..., device=...)`.
+
+pyiqa is an extra (`pip install 'udcbench[pyiqa]'`) and needs a working torchvision, so it is imported only
+when a metric is asked for; a failed import becomes MissingExtraError with the reason. pyiqa fetches its own
+weights into its cache on first use; udcbench itself downloads nothing, so on an offline machine put them
+there first. The native `udcbench.metrics.lpips` needs neither pyiqa nor torchvision.
+
+    >>> dists = pyiqa_metric("dists", device="cuda")
+    >>> dists(restored, ground_truth)                      # (B,)
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import torch
+
+from udcbench.errors import MissingExtraError, UnknownNameError
+
+
+def _import_pyiqa(name: str):
+    try:
+        import pyiqa
+    except (ImportError, RuntimeError, OSError) as error:  # torchvision on a mismatched torch raises these
+        text = str(error).strip()
+        reason = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+        raise MissingExtraError(
+            f"pyiqa:{name} needs pyiqa, which does not import here ({reason}); install it with "
+            f"pip install 'udcbench[pyiqa]' on a machine where torchvision works") from error
+    return pyiqa
+
+
+class PyiqaMetric:
+    """A pyiqa metric as a callable (x, y) -> (B,) for images in [0, 1], (B, 3, H, W).
+
+    name: the pyiqa metric name. higher_is_better: from pyiqa's `lower_better` (None when pyiqa does not say).
+    as_loss=True keeps the graph so the score can be differentiated (pyiqa's own switch).
+    """
+
+    def __init__(self, name: str, metric, as_loss: bool):
+        self.name = name
+        self.metric = metric
+        self.as_loss = as_loss
+        lower_better = getattr(metric, "lower_better", None)
+        self.higher_is_better = None if lower_better is None else not bool(lower_better)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        score = self.metric(x, y)
+        score = torch.as_tensor(score)
+        if score.numel() != x.shape[0]:
+            raise ValueError(f"pyiqa:{self.name} returned {score.numel()} values for a batch of {x.shape[0]}; "
+                             f"is it a full-reference metric?")
+        return score.reshape(x.shape[0])
+
+    def __repr__(self) -> str:
+        return f"PyiqaMetric({self.name!r}, as_loss={self.as_loss})"
+
+
+def pyiqa_metric(name: str, device: str | torch.device = "cpu", as_loss: bool = False) -> PyiqaMetric:
+    """pyiqa's metric `name` on `device` as a callable (x, y) -> (B,).
+
+    Raises MissingExtraError when pyiqa does not import, UnknownNameError when pyiqa does not know `name`.
+    """
+    pyiqa = _import_pyiqa(name)
+    list_models = getattr(pyiqa, "list_models", None)
+    if list_models is not None:
+        known = list(list_models())
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UnknownNameError(f"pyiqa has no metric {name!r}{hint}; see pyiqa.list_models()")
+    metric = pyiqa.create_metric(name, as_loss=as_loss, device=torch.device(device))
+    return PyiqaMetric(name, metric, as_loss)

@@ -1,8 +1,6 @@
 import pytest
 import torch
 
-import udcbench.attacks.cw  # noqa: F401  (registers cw)
-import udcbench.attacks.pgd_l2  # noqa: F401  (registers pgd-l2, for comparison)
 from udcbench.attacks import make_attack, make_objective
 from udcbench.errors import SpecError
 from udcbench.metrics import psnr

@@ -1,21 +1,10 @@
 import pytest
 import torch
 
-import udcbench.attacks.fgsm  # noqa: F401  (registers fgsm and ifgsm)
-from udcbench.attacks import make_attack, make_objective
+from udcbench.attacks import make_attack
 from udcbench.errors import SpecError
 
-
-def attack_once(name, model, degraded, gt, seed=0, **params):
-    objective = make_objective("mse-clean")
-    with torch.no_grad():
-        reference = objective.reference(model(degraded), gt)
-    attack = make_attack(name, **params)
-    adversarial = attack.perturb(model, degraded, objective, reference, torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        value = objective(model(adversarial), reference)
-        before = objective(model(degraded), reference)
-    return adversarial, value, before
+from attack_helpers import assert_every_evaluation_goes_through_value, attack_once
 
 
 @pytest.mark.parametrize("name", ["fgsm", "ifgsm"])
@@ -86,25 +75,9 @@ def test_fgsm_is_no_stronger_than_ifgsm(tiny_model, images):
 
 def test_every_evaluation_goes_through_value(tiny_model, images):
     degraded, gt = images
-    objective = make_objective("mse-clean")
-    with torch.no_grad():
-        reference = objective.reference(tiny_model(degraded), gt)
     for name in ("fgsm", "ifgsm"):
         attack = make_attack(name, eps=4 / 255) if name == "fgsm" else make_attack(name, steps=3)
-        calls = {"value": 0, "model": 0}
-        original = attack.value
-
-        def counted_value(*args, **kwargs):
-            calls["value"] += 1
-            return original(*args, **kwargs)
-
-        def counted_model(x):
-            calls["model"] += 1
-            return tiny_model(x)
-
-        attack.value = counted_value
-        attack.perturb(counted_model, degraded, objective, reference, torch.Generator().manual_seed(0))
-        assert calls["value"] > 0 and calls["model"] == calls["value"]
+        assert_every_evaluation_goes_through_value(attack, tiny_model, degraded, gt)
 
 
 def test_defaults_and_validation():

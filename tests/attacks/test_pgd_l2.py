@@ -1,22 +1,15 @@
 import pytest
 import torch
 
-import udcbench.attacks.pgd_l2  # noqa: F401  (registers pgd-l2)
 from udcbench.attacks import make_attack, make_objective
 from udcbench.attacks.pgd_l2 import uniform_l2_ball
 from udcbench.errors import SpecError
 
+from attack_helpers import attack_once as named_attack_once
+
 
 def attack_once(model, degraded, gt, seed=0, **params):
-    objective = make_objective("mse-clean")
-    with torch.no_grad():
-        reference = objective.reference(model(degraded), gt)
-    attack = make_attack("pgd-l2", **params)
-    adversarial = attack.perturb(model, degraded, objective, reference, torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        value = objective(model(adversarial), reference)
-        before = objective(model(degraded), reference)
-    return adversarial, value, before
+    return named_attack_once("pgd-l2", model, degraded, gt, seed, **params)
 
 
 def l2(delta):

@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-import udcbench.attacks.simba  # noqa: F401  (registers "simba")
 from udcbench.attacks import make_attack, make_objective
 from udcbench.attacks.simba import dct_matrix
 from udcbench.errors import SpecError

@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 
-import udcbench.attacks.square  # noqa: F401  (registers "square" and "square-l2")
 from udcbench.attacks import make_attack, make_objective
 from udcbench.attacks.square import meta_pattern, square_p_schedule
 from udcbench.errors import SpecError

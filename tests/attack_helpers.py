@@ -1,0 +1,39 @@
+"""Shared by the attack tests: run one attack on the mse-clean objective, and count objective evaluations."""
+
+import torch
+
+from udcbench.attacks import make_attack, make_objective
+
+
+def attack_once(name, model, degraded, gt, seed=0, **params):
+    """(adversarial, objective after, objective before), per image, for attack `name` with `params`."""
+    objective = make_objective("mse-clean")
+    with torch.no_grad():
+        reference = objective.reference(model(degraded), gt)
+    attack = make_attack(name, **params)
+    adversarial = attack.perturb(model, degraded, objective, reference, torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        value = objective(model(adversarial), reference)
+        before = objective(model(degraded), reference)
+    return adversarial, value, before
+
+
+def assert_every_evaluation_goes_through_value(attack, model, degraded, gt):
+    """Each model call of the attack happens inside `attack.value` (so EOT can replace it)."""
+    objective = make_objective("mse-clean")
+    with torch.no_grad():
+        reference = objective.reference(model(degraded), gt)
+    calls = {"value": 0, "model": 0}
+    original = attack.value
+
+    def counted_value(*args, **kwargs):
+        calls["value"] += 1
+        return original(*args, **kwargs)
+
+    def counted_model(x):
+        calls["model"] += 1
+        return model(x)
+
+    attack.value = counted_value
+    attack.perturb(counted_model, degraded, objective, reference, torch.Generator().manual_seed(0))
+    assert calls["value"] > 0 and calls["model"] == calls["value"]

@@ -5,17 +5,34 @@ import torch
 from udcbench.attacks import make_attack, make_objective
 
 
-def attack_once(name, model, degraded, gt, seed=0, **params):
-    """(adversarial, objective after, objective before), per image, for attack `name` with `params`."""
+class CountingModel(torch.nn.Module):
+    """Counts the images the attack evaluates (one query per image)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.images = model, 0
+
+    def forward(self, x):
+        self.images += x.shape[0]
+        return self.model(x)
+
+
+def run_attack(name, model, degraded, gt, seed=0, **params):
+    """(adversarial, objective after, objective before, attack) for attack `name` on the mse-clean objective."""
     objective = make_objective("mse-clean")
     with torch.no_grad():
         reference = objective.reference(model(degraded), gt)
+        before = objective(model(degraded), reference)
     attack = make_attack(name, **params)
     adversarial = attack.perturb(model, degraded, objective, reference, torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        value = objective(model(adversarial), reference)
-        before = objective(model(degraded), reference)
-    return adversarial, value, before
+        after = objective(model(adversarial), reference)
+    return adversarial, after, before, attack
+
+
+def attack_once(name, model, degraded, gt, seed=0, **params):
+    """(adversarial, objective after, objective before), per image."""
+    return run_attack(name, model, degraded, gt, seed, **params)[:3]
 
 
 def assert_every_evaluation_goes_through_value(attack, model, degraded, gt):

@@ -18,6 +18,7 @@ import torch
 from udcbench.attacks import make_attack, make_objective
 from udcbench.attacks import backends
 from udcbench.attacks.backends import available, unavailable_reason
+from attack_helpers import run_attack as shared_run_attack
 from udcbench.errors import MissingExtraError
 
 needs_advertorch = pytest.mark.skipif(not available("advertorch"), reason=f"advertorch:pgd cannot run here: "
@@ -28,14 +29,7 @@ BACKENDS = [pytest.param("advertorch:pgd", marks=needs_advertorch), pytest.param
 
 
 def run_attack(name, model, degraded, gt, seed=0, **params):
-    objective = make_objective("mse-clean")
-    with torch.no_grad():
-        reference = objective.reference(model(degraded), gt)
-    attack = make_attack(name, **params)
-    adversarial = attack.perturb(model, degraded, objective, reference, torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        value = objective(model(adversarial), reference)
-    return adversarial, value
+    return shared_run_attack(name, model, degraded, gt, seed, **params)[:2]
 
 
 @pytest.mark.parametrize("name", BACKENDS)

@@ -7,29 +7,11 @@ from udcbench.attacks import make_attack, make_objective
 from udcbench.attacks.square import meta_pattern, square_p_schedule
 from udcbench.errors import SpecError
 
-
-class CountingModel(torch.nn.Module):
-    """Counts the images the attack evaluates (one query per image)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.images = model, 0
-
-    def forward(self, x):
-        self.images += x.shape[0]
-        return self.model(x)
+from attack_helpers import CountingModel, run_attack
 
 
 def attack_once(model, degraded, gt, name="square", seed=0, **params):
-    objective = make_objective("mse-clean")
-    with torch.no_grad():
-        reference = objective.reference(model(degraded), gt)
-        before = objective(model(degraded), reference)
-    attack = make_attack(name, **params)
-    adversarial = attack.perturb(model, degraded, objective, reference, torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        after = objective(model(adversarial), reference)
-    return adversarial, after, before, attack
+    return run_attack(name, model, degraded, gt, seed, **params)
 
 
 def budget(name, adversarial, degraded):

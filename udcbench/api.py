@@ -60,6 +60,11 @@ def prepare(spec: RunSpec) -> Job:
     dataset = load_dataset(spec.data.name, split=spec.data.split, limit=spec.data.limit)
     model = load_model(spec.model.name, weights=spec.model.weights, device=device, seed=spec.seed)
     info = model.info
+    needed = [name for name in info.contract.extra_inputs if name not in dataset[0].extras]
+    if needed:  # checked on the first sample, before anything is written
+        raise SpecError(f"model {info.name} needs {', '.join(needed)} for every image, and {dataset.info.name} "
+                        "supplies none; use a dataset that provides it (e.g. synth:ROOT with its "
+                        "PSF/kernel_code files, or udc-mini) or another model")
     if info.weights.startswith("bundled:"):
         weights_id = "bundled:" + file_digest(bundled_weights(info.name))
     elif info.weights.startswith("none"):
@@ -68,7 +73,7 @@ def prepare(spec: RunSpec) -> Job:
         weights_id = f"random:{spec.seed}"
     else:
         weights_id = "file:" + file_digest(info.weights)
-    data_id = spec.data.name if spec.data.name in ("udc-mini",) else str(Path(spec.data.name).resolve())
+    data_id = dataset.info.identity
     resolved = {"model": info.name, "weights": weights_id, "attack": attack.name, "params": attack.params,
                 "objective": objective.name, "defense": defense.spec, "data": data_id, "split": spec.data.split,
                 "seed": spec.seed, "threat": spec.threat, "device": device.type}

@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -23,7 +24,7 @@ errors = Console(stderr=True)
 
 
 def fail(error: Exception) -> None:
-    errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -111,7 +112,8 @@ def run(
     model: str = typer.Option("uformer", "--model", "-m", help="Model name or family (`udcbench list models`)."),
     attack: str = typer.Option("pgd", "--attack", "-a", help="Attack name (`udcbench list attacks`)."),
     defense: str = typer.Option("none", "--defense", "-d", help="Defense spec; compose with '+', e.g. a+b."),
-    data: str = typer.Option("udc-mini", "--data", help="Registered dataset name or a folder of pairs."),
+    data: str = typer.Option("udc-mini", "--data", help="udc-mini, a folder of pairs, or FORMAT:ROOT "
+                      "with FORMAT synth, toled, poled, mipi or pairs (`udcbench list datasets`)."),
     eps: Optional[str] = typer.Option(None, "--eps", help="Budget: L∞ as a fraction like 8/255, or an L2 norm "
                                       "(e.g. 1.0) for L2 attacks (default: the attack's, 8/255 for pgd)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Attack iterations (default: the attack's)."),
@@ -221,6 +223,12 @@ def list_(kind: Kind = typer.Argument(..., help="What to list.")) -> None:
                                  for k, v in entry.info.get("defaults", {}).items())
             table.add_row(entry.name, entry.info.get("kind", ""), entry.info.get("norm", ""), defaults,
                           entry.info.get("paper", ""))
+    elif kind is Kind.datasets:
+        for column in ("--data", "description", "layout"):
+            table.add_column(column, no_wrap=column == "--data")
+        for entry in sorted(entries, key=lambda e: (bool(e.info.get("format")), e.name)):  # bundled first
+            name = f"{entry.name}:ROOT" if entry.info.get("format") else entry.name
+            table.add_row(name, entry.info.get("description", ""), entry.info.get("layout", "bundled"))
     else:
         table.add_column("name", no_wrap=True)
         table.add_column("description")
@@ -331,6 +339,9 @@ def train(
                       f"{meta['test_psnr_restored']} dB (restored)")
     except UdcbenchError as error:
         fail(error)
+
+
+from udcbench import cli_data  # noqa: E402,F401  (registers `synth` and `psf` on app)
 
 
 def main() -> None:

@@ -76,7 +76,7 @@ ATTACKS = Registry("attack", ("udcbench.attacks.pgd", "udcbench.attacks.fgsm", "
                               "udcbench.attacks.simba", "udcbench.attacks.square",
                               "udcbench.attacks.backends"))
 DEFENSES = Registry("defense", ("udcbench.defenses.transforms",))
-DATASETS = Registry("dataset", ("udcbench.data.datasets",))
+DATASETS = Registry("dataset", ("udcbench.data.datasets", "udcbench.data.formats"))
 METRICS = Registry("metric", ("udcbench.metrics.fidelity", "udcbench.metrics.lpips"))
 
 register_model = MODELS.register

@@ -38,7 +38,8 @@ NOISE_LEVEL = 10024.0
 BUNDLED_DIR = Path(__file__).resolve().parent / "udc_mini"
 
 
-def _load_photo(name: str) -> np.ndarray:
+def load_photo(name: str) -> np.ndarray:
+    """One of scikit-image's offline sample photos as (H, W, 3) uint8 (retina halved)."""
     import skimage.data  # only needed to regenerate; the bundled files need nothing
 
     image = getattr(skimage.data, name)()
@@ -62,7 +63,8 @@ def _test_boxes(height: int, width: int, margin: int) -> tuple[list[tuple[int, i
     return corners, x0
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """[0, 1] float image -> uint8, rounded to nearest (as every udcbench-written PNG is quantised)."""
     return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -78,8 +80,8 @@ def build_udc_mini(out_dir: Path) -> dict:
             (out_dir / split / kind).mkdir(parents=True, exist_ok=True)
     records = {"train": [], "test": []}
     for name in PHOTOS:
-        clean = _load_photo(name)
-        degraded = _to_uint8(synth.capture(clean.astype(np.float64) / 255.0, display, psf, rng, NOISE_LEVEL))
+        clean = load_photo(name)
+        degraded = to_uint8(synth.capture(clean.astype(np.float64) / 255.0, display, psf, rng, NOISE_LEVEL))
         height, width = clean.shape[:2]
         corners, x0 = _test_boxes(height, width, margin)
         for i, (top, left) in enumerate(corners):

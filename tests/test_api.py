@@ -47,3 +47,11 @@ def test_public_api_factories():
         udcbench.make_defense("none+")
     assert len(udcbench.load_dataset("udc-mini", limit=3)) == 3
     assert udcbench.load_model("uformer").info.weights.startswith("bundled:")
+
+
+def test_the_default_run_keeps_its_hash_across_versions():
+    """Old results.db files resume only if an unchanged spec hashes the same: pinned for the README's default run
+    (uformer-nano, pgd 8/255, udc-mini test, seed 0, no defense), unchanged since the first release."""
+    from udcbench.api import prepare
+
+    assert prepare(RunSpec()).run_hash == "86ee3c7db3102317"

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -73,6 +74,14 @@ def prepare(spec: RunSpec) -> Job:
         weights_id = f"random:{spec.seed}"
     else:
         weights_id = "file:" + file_digest(info.weights)
+    for component in defense.components:
+        if getattr(component, "prior", None) is not None:
+            component.prior.to(device)
+        if component.name == "purify" and component.t_star is None:  # purify:auto, chosen on clean images
+            from udcbench.defenses.noise_level import select_t_star
+
+            select_t_star(component, defense, model, dataset, spec.seed, device)
+    defense_record = defense.record(info.name)
     data_id = dataset.info.identity
     resolved = {"model": info.name, "weights": weights_id, "attack": attack.name, "params": attack.params,
                 "objective": objective.name, "defense": defense.spec, "data": data_id, "split": spec.data.split,
@@ -85,13 +94,40 @@ def prepare(spec: RunSpec) -> Job:
         resolved["surrogate_weights"] = "file:" + file_digest(attack.params["surrogate_weights"])
     if getattr(objective, "target", "input") != "input":
         resolved["target"] = "file:" + file_digest(objective.target)
+    if defense_record:  # only when set, so undefended runs keep the hashes of earlier versions
+        resolved["defense_params"] = [{k: v for k, v in part.items() if k != "auto"} for part in defense_record]
+    adaptive_attack, draws = None, None
+    if spec.threat == "adaptive":
+        adaptive_attack, draws = adaptive_attack_for(attack, defense, spec.eot)
+        resolved["eot"] = draws
     labels = {"model": info.name, "weights": info.weights, "defense": defense.spec, "threat": spec.threat,
+              "defense_params": json.dumps(defense_record, sort_keys=True) if defense_record else None, "eot": draws,
               "attack": attack.name, "objective": objective.name, "norm": attack.norm, "mask": spec.attack.mask,
               "eps": attack.params.get("eps"),
               "alpha": attack.params.get("alpha"), "steps": attack.params.get("steps"), "data": data_id,
               "split": spec.data.split, "seed": spec.seed, "device": str(device)}
     return Job(run_hash=stable_hash(resolved), model=model, attack=attack, objective=objective, defense=defense,
-               dataset=dataset, device=device, labels=labels, mask=mask, lpips_net=spec.lpips)
+               dataset=dataset, device=device, labels=labels, mask=mask, lpips_net=spec.lpips,
+               adaptive_attack=adaptive_attack)
+
+
+def adaptive_attack_for(attack, defense, eot_draws: int | None):
+    """The attack an adaptive adversary runs against `defense`: white-box attacks differentiate through it (BPDA
+    where a transform has no gradient) and, for a randomised defense, average over `eot_draws` draws per
+    objective evaluation (EOT; default 2, as PROTOCOL.md §8's adaptive run); black-box attacks simply query the
+    defended system. Returns (attack, draws)."""
+    from udcbench.attacks.adaptive import eot
+
+    if eot_draws is not None and eot_draws < 1:
+        raise SpecError(f"--eot must be at least 1 draw, got {eot_draws}")
+    white_box = attack.kind.startswith("white-box")
+    if not white_box or not defense.randomized:
+        if eot_draws not in (None, 1):
+            raise SpecError(f"--eot {eot_draws} needs a white-box attack and a randomised defense; "
+                            f"{attack.name} ({attack.kind}) against {defense.spec} has nothing to average — drop --eot")
+        return attack, 1
+    draws = 2 if eot_draws is None else eot_draws
+    return (eot(attack, draws) if draws > 1 else attack), draws
 
 
 def run(spec: RunSpec, out: str | Path | None = None,

@@ -32,6 +32,11 @@ SHORT_LABELS = {"psnr_clean_gt": "clean PSNR", "ssim_clean_gt": "clean SSIM", "p
                 "ssim_adv_gt": "attacked SSIM", "psnr_adv_clean": "PSNR vs clean out",
                 "ssim_adv_clean": "SSIM vs clean out", "lpips_clean_gt": "clean LPIPS",
                 "lpips_adv_gt": "attacked LPIPS", "lpips_adv_clean": "LPIPS vs clean out"}
+DEFENDED_LABELS = {"psnr_clean_gt_undefended": "clean\nPSNR", "ssim_clean_gt_undefended": "clean\nSSIM",
+                   "psnr_adv_gt_undefended": "attacked\nPSNR", "ssim_adv_gt_undefended": "attacked\nSSIM",
+                   "psnr_clean_gt": "defended\nclean\nPSNR", "ssim_clean_gt": "defended\nclean\nSSIM",
+                   "psnr_clean_loss": "clean\nloss\ndB", "psnr_adv_gt": "defended\nattacked\nPSNR",
+                   "ssim_adv_gt": "defended\nattacked\nSSIM", "psnr_adv_clean": "defended\nvs clean\nout PSNR"}
 ALWAYS_SHOWN = ("model", "defense", "attack", "eps")
 
 
@@ -39,21 +44,28 @@ def show_table(frame, title: str) -> None:
     """The leaderboard as a rich table; key columns with one value for all rows move into the caption."""
     from udcbench.report.leaderboard import KEYS
 
-    constant = [c for c in KEYS if c not in ALWAYS_SHOWN and frame[c].nunique(dropna=False) <= 1 and len(frame)]
+    from udcbench.report.leaderboard import has_defense
+
+    always = ("defense",) if has_defense(frame) else ALWAYS_SHOWN  # defended tables are wide: keep only defense
+    constant = [c for c in KEYS if c in frame and c not in always and frame[c].nunique(dropna=False) <= 1 and len(frame)]
     shown = [c for c in frame.columns if c not in constant]
+    labels = dict(SHORT_LABELS)
+    if has_defense(frame):  # clean / attacked (bare model) first, then the defended outputs
+        labels.update(DEFENDED_LABELS)
+        shown = [c for c in shown if c != "ssim_adv_clean"]
     caption = " · ".join(f"{c} {frame[c].iloc[0]}" for c in constant)
     table = Table(title=title, title_justify="left", caption=caption or None, caption_justify="left")
     for column in shown:
         numeric = frame[column].dtype.kind in "fi"
-        table.add_column(SHORT_LABELS.get(column, column), justify="right" if numeric else "left",
-                         no_wrap=numeric or column in ("model", "eps", "weights"))
+        table.add_column(labels.get(column, column), justify="right" if numeric else "left",
+                         no_wrap=numeric or column in ("model", "eps", "weights", "defense", "threat"))
     for values in frame[shown].itertuples(index=False):
         cells = []
         for column, value in zip(shown, values):
             if isinstance(value, float) and value != value:
                 cells.append("-")
             elif isinstance(value, float):
-                digits = {"ssim": 4, "lpips": 4, "queries": 0}.get(column.split("_")[0], 2)
+                digits = {"ssim": 4, "lpips": 4, "queries": 0}.get(column.split("_")[0], 4 if "SSIM" in column else 2)
                 cells.append(f"{value:.{digits}f}")
             else:
                 cells.append(str(value))
@@ -131,6 +143,10 @@ def run(
     mask: Optional[str] = typer.Option(None, "--mask", help="Restrict δ to a region: box:TOP,LEFT,HEIGHT,WIDTH "
                                        "(fractions) or a PNG (white = may change)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Checkpoint file, or 'random' (default: bundled)."),
+    threat: str = typer.Option("gray-box", "--threat", help="gray-box (attack the undefended model, then defend: "
+                               "the paper's setting) or adaptive (attack through the defense: BPDA, EOT)."),
+    eot: Optional[int] = typer.Option(None, "--eot", help="Adaptive threat: draws of a randomised defense per "
+                                      "objective evaluation (default 2)."),
     seed: int = typer.Option(0, "--seed", help="Seed for random starts (recorded with every row)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N images."),
     split: str = typer.Option("test", "--split", help="Dataset split."),
@@ -151,7 +167,8 @@ def run(
                   "surrogate": surrogate, **parse_attack_params(attack_param)}
         spec = RunSpec(model=ModelSpec(model, weights), defense=DefenseSpec(defense),
                        attack=AttackSpec.of(attack, objective=objective, mask=mask, **params),
-                       data=DataSpec(data, split, limit), seed=seed, device=device, lpips=lpips)
+                       data=DataSpec(data, split, limit), seed=seed, device=device, lpips=lpips,
+                       threat=threat, eot=eot)
         job = api.prepare(spec)
         info = job.model.info
         if info.resolved_from:
@@ -160,7 +177,8 @@ def run(
         if info.weights == "random":
             console.print("[yellow]warning:[/] random (untrained) weights; the leaderboard marks them")
         console.print(f"{info.name} · {job.attack.describe()} · objective {job.objective.name} · "
-                      f"defense {job.defense.spec} "
+                      f"defense {leaderboard.defense_label(job.defense.spec, job.labels['defense_params'])} "
+                      f"· threat {job.labels['threat']} "
                       f"· {job.dataset.info.name} ({len(job.dataset)} images) · seed {seed} · {job.device} · "
                       f"run {job.run_hash}")
         columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -181,6 +199,9 @@ def run(
         finally:
             store.close()
         show_table(table, f"leaderboard ({out / 'leaderboard.md'})")
+        comparison = leaderboard.threat_comparison(table)
+        if not comparison.empty:
+            show_table(comparison, "gray-box vs adaptive (defended attacked PSNR)")
     except UdcbenchError as error:
         fail(error)
 
@@ -342,6 +363,7 @@ def train(
 
 
 from udcbench import cli_data  # noqa: E402,F401  (registers `synth` and `psf` on app)
+from udcbench import cli_defense  # noqa: E402,F401  (registers `finetune` on app)
 
 
 def main() -> None:

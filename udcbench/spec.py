@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-THREATS = ("gray-box",)
+THREATS = ("gray-box", "adaptive")
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,8 @@ class RunSpec:
     device: str = "cpu"
     threat: str = "gray-box"
     lpips: str | None = None  # "alex" or "vgg": also score LPIPS (needs local weights)
+    eot: int | None = None  # adaptive threat: draws of a randomised defense per objective evaluation (None: 1,
+    # or 2 for a randomised defense)
 
     def to_dict(self) -> dict:
         return asdict(self)

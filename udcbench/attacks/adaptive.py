@@ -39,7 +39,7 @@ def bpda(transform: Callable[[torch.Tensor], torch.Tensor],
         if smooth.shape != exact.shape:
             raise SpecError(f"bpda: the approximation returns shape {tuple(smooth.shape)} but the transform "
                             f"returns {tuple(exact.shape)}; they must match")
-        return smooth + (exact - smooth).detach()
+        return exact + (smooth - smooth.detach())  # exact in value (bit for bit), gradient of smooth
 
     return forward
 

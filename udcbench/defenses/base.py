@@ -22,11 +22,23 @@ class DefenseComponent:
     def __init__(self, argument: str | None = None):
         self.argument = argument
 
+    randomized = False  # draws randomness in transform (adaptive attacks then use EOT)
+
     def transform(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return image
 
+    def differentiable_transform(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The transform as an adaptive attack differentiates it: exact in value; components whose transform
+        has no useful gradient (JPEG, quantisation) override this with BPDA."""
+        return self.transform(image, generator)
+
     def swap_weights(self, model):
         return model
+
+    def record(self, model_name: str) -> dict:
+        """What this component resolved to for `model_name` — settings and digests of any weights it loads.
+        Written with every row and hashed into the run, so new weights never reuse old results."""
+        return {}
 
 
 @dataclass
@@ -39,10 +51,23 @@ class Defense:
             image = component.transform(image, generator)
         return image
 
+    def differentiable_transform(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        for component in self.components:
+            image = component.differentiable_transform(image, generator)
+        return image
+
+    @property
+    def randomized(self) -> bool:
+        return any(component.randomized for component in self.components)
+
     def prepare_model(self, model):
         for component in self.components:
             model = component.swap_weights(model)
         return model
+
+    def record(self, model_name: str) -> list[dict]:
+        """The components' records (`DefenseComponent.record`), for those that have one."""
+        return [{"component": c.name, **found} for c in self.components if (found := c.record(model_name))]
 
     @property
     def is_identity(self) -> bool:

@@ -69,9 +69,14 @@ def _alexnet_features() -> nn.Sequential:
 
 
 def _vgg16_features() -> nn.Sequential:
+    return vgg_features(_VGG16_CONFIG)
+
+
+def vgg_features(config: tuple) -> nn.Sequential:
+    """torchvision's VGG `features` (conv 3×3 + ReLU, "M" = max-pool) for a layer configuration."""
     layers: list[nn.Module] = []
     channels = 3
-    for item in _VGG16_CONFIG:
+    for item in config:
         if item == "M":
             layers.append(nn.MaxPool2d(2, 2))
         else:
@@ -154,7 +159,7 @@ def find_weights(net: str = "alex", weights_dir: str | os.PathLike | None = None
     raise MissingWeightsError(f"LPIPS ({net}) needs {'; and '.join(missing)} (udcbench downloads nothing)")
 
 
-def _load_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
+def load_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any unpickling/zip/IO failure means the same thing to the user
@@ -166,7 +171,7 @@ def _load_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def _check_keys(state: dict[str, torch.Tensor], expected: dict[str, torch.Size], path: Path, what: str) -> None:
+def check_keys(state: dict[str, torch.Tensor], expected: dict[str, torch.Size], path: Path, what: str) -> None:
     """Strict: every expected key present with its shape, no extra key among those of this part."""
     for key, shape in expected.items():
         if key not in state:
@@ -205,14 +210,14 @@ class LPIPS(nn.Module):
         self.linear = nn.ParameterList(nn.Parameter(torch.zeros(1, c, 1, 1)) for c in _CHANNELS[net])
 
         what = f"LPIPS ({net}) backbone"
-        state = _load_state_dict(backbone_path, what)
+        state = load_state_dict(backbone_path, what)
         expected = {k: v.shape for k, v in self.backbone.state_dict().items()}
-        _check_keys(state, expected, backbone_path, what)
+        check_keys(state, expected, backbone_path, what)
         self.backbone.load_state_dict({k: state[k].float() for k in expected}, strict=True)
 
         what = f"LPIPS ({net}) linear layers"
-        state = _load_state_dict(linear_path, what)
-        _check_keys(state, {_linear_key(i): p.shape for i, p in enumerate(self.linear)}, linear_path, what)
+        state = load_state_dict(linear_path, what)
+        check_keys(state, {_linear_key(i): p.shape for i, p in enumerate(self.linear)}, linear_path, what)
         with torch.no_grad():
             for i, parameter in enumerate(self.linear):
                 parameter.copy_(state[_linear_key(i)].float())

@@ -75,8 +75,6 @@ def evaluate(model, dataset) -> tuple[float, float]:
 def train(config: TrainConfig, out: Path, command: str = "",
           progress: Callable[[int, float], None] | None = None) -> dict:
     """Train `config.model` from a seeded random init; save the EMA weights to `out` (safetensors)."""
-    from safetensors.torch import save_file
-
     from udcbench.models import load_model
 
     if config.steps < 1 or config.batch_size < 1:
@@ -104,13 +102,7 @@ def train(config: TrainConfig, out: Path, command: str = "",
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), config.clip)
         optimizer.step()
-        with torch.no_grad():
-            decay = min(config.ema, (1 + step) / (10 + step))
-            for target, source in zip(ema.state_dict().values(), net.state_dict().values()):
-                if target.dtype.is_floating_point:
-                    target.mul_(decay).add_(source.detach(), alpha=1 - decay)
-                else:
-                    target.copy_(source)
+        ema_update(ema, net, config.ema, step)
         if progress is not None:
             progress(step + 1, loss.item())
     model.net = ema
@@ -119,10 +111,28 @@ def train(config: TrainConfig, out: Path, command: str = "",
     metadata.update(command=command, train_seconds=f"{time.time() - started:.0f}",
                     test_psnr_degraded=f"{degraded_psnr:.3f}", test_psnr_restored=f"{restored_psnr:.3f}",
                     torch=torch.__version__, threads=str(torch.get_num_threads()))
+    save_weights(ema, out, metadata)
+    return metadata
+
+
+def ema_update(ema: torch.nn.Module, net: torch.nn.Module, rate: float, step: int) -> None:
+    """ema ← d·ema + (1−d)·net with the warm-up d = min(rate, (1+step)/(10+step)); buffers are copied."""
+    with torch.no_grad():
+        decay = min(rate, (1 + step) / (10 + step))
+        for target, source in zip(ema.state_dict().values(), net.state_dict().values()):
+            if target.dtype.is_floating_point:
+                target.mul_(decay).add_(source.detach(), alpha=1 - decay)
+            else:
+                target.copy_(source)
+
+
+def save_weights(net: torch.nn.Module, out: str | Path, metadata: dict[str, str]) -> None:
+    """Write a state dict to a .safetensors file atomically (a temporary file renamed into place)."""
+    from safetensors.torch import save_file
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp), metadata=metadata)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=metadata)
     tmp.chmod(0o644)
     tmp.replace(out)
-    return metadata

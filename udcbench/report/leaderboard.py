@@ -3,6 +3,7 @@ eps, steps, objective, seed), mean over images. Written as Markdown (tabulate) a
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -13,14 +14,36 @@ KEYS = ["model", "weights", "defense", "threat", "attack", "objective", "eps", "
 METRICS = [("psnr_clean_gt", "clean PSNR"), ("ssim_clean_gt", "clean SSIM"),
            ("psnr_adv_gt", "attacked PSNR"), ("ssim_adv_gt", "attacked SSIM"),
            ("psnr_adv_clean", "attacked PSNR vs clean out"), ("ssim_adv_clean", "attacked SSIM vs clean out")]
+# shown only when some row has a defense: the same inputs through the bare model, and what the defense costs
+UNDEFENDED = [("psnr_clean_gt_undefended", "undefended clean PSNR"), ("ssim_clean_gt_undefended", "undefended clean SSIM"),
+              ("psnr_adv_gt_undefended", "undefended attacked PSNR"),
+              ("ssim_adv_gt_undefended", "undefended attacked SSIM"), ("psnr_clean_loss", "clean PSNR loss")]
 # shown only when some row has them: LPIPS (runs with --lpips) and black-box query counts
 OPTIONAL = [("lpips_clean_gt", "clean LPIPS"), ("lpips_adv_gt", "attacked LPIPS"),
             ("lpips_adv_clean", "attacked LPIPS vs clean out"), ("queries", "queries")]
 DIGITS = {"psnr": 2, "ssim": 4, "lpips": 4, "queries": 0}
 
 
+def has_defense(table: pd.DataFrame) -> bool:
+    return "defense" in table and bool((table["defense"] != "none").any())
+
+
 def _metrics(table: pd.DataFrame) -> list[tuple[str, str]]:
-    return METRICS + [(m, label) for m, label in OPTIONAL if m in table and table[m].notna().any()]
+    undefended = [(m, label) for m, label in UNDEFENDED if m in table and table[m].notna().any()]
+    undefended = undefended if has_defense(table) else []
+    return undefended + METRICS + [(m, label) for m, label in OPTIONAL if m in table and table[m].notna().any()]
+
+
+def defense_label(spec: str, params: str | None) -> str:
+    """The defense spec, with the t* that purify:auto chose: 'purify:auto+ft' → 'purify:auto(t*=30)+ft'."""
+    if not isinstance(params, str) or "auto" not in spec:
+        return spec
+    chosen = [part["t_star"] for part in json.loads(params) if part.get("component") == "purify" and "auto" in part]
+    parts = spec.split("+")
+    for index, part in enumerate(parts):
+        if part.startswith("purify:") and "auto" in part and chosen:
+            parts[index] = f"{part}(t*={chosen.pop(0)})"
+    return "+".join(parts)
 
 
 def format_eps(eps: float | None, norm: str | None = "linf") -> str:
@@ -52,6 +75,10 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     frame["eps"] = [format_eps(eps, norm) for eps, norm in zip(frame["eps"], norms)]
     frame["steps"] = ["-" if steps is None or steps != steps else str(int(steps)) for steps in frame["steps"]]
     frame["weights"] = frame["weights"].map(weights_label)
+    if "defense_params" in frame:
+        frame["defense"] = [defense_label(d, p) for d, p in zip(frame["defense"], frame["defense_params"])]
+    if "psnr_clean_gt_undefended" in frame:
+        frame["psnr_clean_loss"] = frame["psnr_clean_gt_undefended"] - frame["psnr_clean_gt"]
     grouped = frame.groupby(KEYS, sort=True, dropna=False)
     metrics = _metrics(frame)
     table = grouped[[m for m, _ in metrics]].mean()
@@ -60,6 +87,28 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     for metric, _ in metrics:
         table[metric] = table[metric].round(DIGITS[metric.split("_")[0]])
     return table
+
+
+def threat_comparison(table: pd.DataFrame) -> pd.DataFrame:
+    """Gray-box next to adaptive for every configuration run under both threats: the defended attacked PSNR
+    (and SSIM) of each, and how much the adaptive attack takes back. Empty when no configuration has both."""
+    if table.empty or "threat" not in table or table["threat"].nunique() < 2:
+        return pd.DataFrame()
+    keys = [k for k in KEYS if k != "threat"]
+    gray = table[table["threat"] == "gray-box"].set_index(keys)
+    adaptive = table[table["threat"] == "adaptive"].set_index(keys)
+    both = gray.index.intersection(adaptive.index)
+    if not len(both):
+        return pd.DataFrame()
+    frame = pd.DataFrame(index=both)
+    if "psnr_adv_gt_undefended" in gray:
+        frame["undefended attacked PSNR"] = gray.loc[both, "psnr_adv_gt_undefended"]
+    frame["gray-box PSNR"] = gray.loc[both, "psnr_adv_gt"]
+    frame["adaptive PSNR"] = adaptive.loc[both, "psnr_adv_gt"]
+    frame["adaptive − gray-box"] = (frame["adaptive PSNR"] - frame["gray-box PSNR"]).round(2)
+    frame["gray-box SSIM"] = gray.loc[both, "ssim_adv_gt"]
+    frame["adaptive SSIM"] = adaptive.loc[both, "ssim_adv_gt"]
+    return frame.reset_index()
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -76,8 +125,21 @@ def to_markdown(table: pd.DataFrame) -> str:
     cells = cells.where(cells.notna(), None)  # NaN (no LPIPS, no queries) prints as '-'
     body = tabulate(cells.values.tolist(), headers=headers,
                     tablefmt="pipe", floatfmt=formats, missingval="-")
-    return ("PSNR in dB against ground truth (clean, attacked) and against the clean output; mean over images. "
-            "Attacks crafted on the undefended model (gray-box).\n\n" + body + "\n")
+    note = ("PSNR in dB against ground truth (clean, attacked) and against the clean output; mean over images. "
+            "threat gray-box: attacks crafted on the undefended model, then defended; adaptive: attacks "
+            "differentiate through the defense (BPDA, EOT).")
+    if has_defense(table):
+        note += (" With a defense, clean/attacked columns are the defended outputs; 'undefended' columns send the "
+                 "same inputs through the bare model, and clean PSNR loss = undefended − defended clean PSNR.")
+    text = note + "\n\n" + body + "\n"
+    comparison = threat_comparison(table)
+    if not comparison.empty:
+        text += ("\n## Gray-box vs adaptive\n\nDefended attacked PSNR (dB, vs ground truth) under both threat "
+                 "models; a defense is only as strong as its adaptive column.\n\n"
+                 + tabulate(comparison.values.tolist(), headers=list(comparison.columns), tablefmt="pipe",
+                            floatfmt=[".4f" if "SSIM" in c else ".2f" for c in comparison.columns],
+                            missingval="-") + "\n")
+    return text
 
 
 def to_csv(table: pd.DataFrame) -> str:

@@ -29,6 +29,7 @@ class Job:
     labels: dict
     mask: object = None  # None, or a function (H, W) -> (1, 1, H, W) mask restricting δ
     lpips_net: str | None = None  # "alex" / "vgg": also score LPIPS
+    adaptive_attack: object = None  # threat "adaptive": the attack run through the defense (EOT-wrapped if random)
 
 
 def _generator(seed: int, image: str, stage: str) -> torch.Generator:
@@ -56,10 +57,21 @@ def score_image(job: Job, sample) -> dict:
 
     started = time.perf_counter()
     mask = None if job.mask is None else job.mask(*degraded.shape[-2:])
-    job.attack.last_queries = None
-    adversarial = job.attack(model, degraded, job.objective, reference, _generator(seed, sample.name, "attack"),
-                             mask=mask)
-    queries = job.attack.last_queries
+    attack, target, attack_reference = job.attack, model, reference
+    if job.adaptive_attack is not None and not job.defense.is_identity:
+        # adaptive: the attacker differentiates (or queries) the whole defended system, with fresh defense
+        # randomness on every call, and pushes its output away from the defended clean output
+        draws = _generator(seed, sample.name, "def-attack")
+
+        def target(image: torch.Tensor) -> torch.Tensor:
+            return defended_model(job.defense.differentiable_transform(image, draws))
+
+        attack = job.adaptive_attack
+        attack_reference = job.objective.reference(defended_clean, gt, degraded)
+    attack.last_queries = None
+    adversarial = attack(target, degraded, job.objective, attack_reference, _generator(seed, sample.name, "attack"),
+                         mask=mask)
+    queries = attack.last_queries
     time_attack = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -76,6 +88,10 @@ def score_image(job: Job, sample) -> dict:
             "psnr_adv_gt": psnr(defended_adv, gt).item(), "ssim_adv_gt": ssim(defended_adv, gt).item(),
             "psnr_adv_clean": psnr(defended_adv, defended_clean).item(),
             "ssim_adv_clean": ssim(defended_adv, defended_clean).item(),
+            "psnr_clean_gt_undefended": psnr(clean_output, gt).item(),
+            "ssim_clean_gt_undefended": ssim(clean_output, gt).item(),
+            "psnr_adv_gt_undefended": psnr(adversarial_output, gt).item(),
+            "ssim_adv_gt_undefended": ssim(adversarial_output, gt).item(),
             "psnr_input_adv": psnr(adversarial, degraded).item(),
             "linf": delta.abs().max().item(), "l2": delta.flatten().norm().item(),
             "queries": None if queries is None else int(queries.reshape(-1)[0]),

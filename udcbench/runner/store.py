@@ -18,6 +18,7 @@ from udcbench.errors import StoreError
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("run_hash", "TEXT NOT NULL"), ("image", "TEXT NOT NULL"),
     ("model", "TEXT"), ("weights", "TEXT"), ("defense", "TEXT"), ("threat", "TEXT"),
+    ("defense_params", "TEXT"), ("eot", "INTEGER"),
     ("attack", "TEXT"), ("objective", "TEXT"), ("norm", "TEXT"), ("eps", "REAL"), ("alpha", "REAL"),
     ("steps", "INTEGER"), ("mask", "TEXT"),
     ("attack_params", "TEXT"), ("data", "TEXT"), ("split", "TEXT"), ("seed", "INTEGER"),
@@ -25,6 +26,9 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("psnr_clean_gt", "REAL"), ("ssim_clean_gt", "REAL"),
     ("psnr_adv_gt", "REAL"), ("ssim_adv_gt", "REAL"),
     ("psnr_adv_clean", "REAL"), ("ssim_adv_clean", "REAL"),
+    # the same clean / adversarial inputs through the bare model (equal to the above for defense none)
+    ("psnr_clean_gt_undefended", "REAL"), ("ssim_clean_gt_undefended", "REAL"),
+    ("psnr_adv_gt_undefended", "REAL"), ("ssim_adv_gt_undefended", "REAL"),
     ("psnr_input_adv", "REAL"), ("linf", "REAL"), ("l2", "REAL"), ("queries", "INTEGER"),
     ("lpips_clean_gt", "REAL"), ("lpips_adv_gt", "REAL"), ("lpips_adv_clean", "REAL"),
     ("objective_clean", "REAL"), ("objective_adv", "REAL"),

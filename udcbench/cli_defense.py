@@ -1,0 +1,95 @@
+"""`udcbench finetune` and `udcbench train-prior`: how the defense weights are made (registered on cli.app)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from udcbench.cli import app, console, fail
+from udcbench.errors import UdcbenchError
+
+
+@app.command()
+def finetune(
+    model: str = typer.Option("uformer", "--model", "-m", help="Model to fine-tune (from its bundled weights)."),
+    defense: str = typer.Option("purify", "--defense", "-d", help="Input defense the model learns to follow "
+                                "(purify: a t* drawn per crop from --t-min..--t-max)."),
+    data: str = typer.Option("udc-mini", "--data", help="Dataset with a train split."),
+    steps: int = typer.Option(300, "--steps", help="Optimiser steps."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Crops per step."),
+    crop: int = typer.Option(128, "--crop", help="Crop side in pixels."),
+    lr: float = typer.Option(2e-4, "--lr", help="Peak learning rate (cosine schedule)."),
+    t_min: int = typer.Option(10, "--t-min", help="Smallest purification t* drawn for a crop."),
+    t_max: int = typer.Option(50, "--t-max", help="Largest purification t* drawn for a crop."),
+    adv: Optional[str] = typer.Option(None, "--adv", help="pgd: adversarial fine-tuning (PGD-AT on the fly)."),
+    vgg19: Optional[Path] = typer.Option(None, "--vgg19", help="ImageNet VGG-19 weights (torchvision's "
+                                         "vgg19-dcbb9e9d.pth) for the perceptual loss; else L1 + SSIM."),
+    seed: int = typer.Option(0, "--seed", help="Seed for crops, flips, t* and noise."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file (use with --defense ft:FILE)."),
+) -> None:
+    """Fine-tune a restoration model on purified (defended) inputs, as the reference study does."""
+    from udcbench.defenses.finetune import FinetuneConfig, finetune as run_finetune
+
+    try:
+        config = FinetuneConfig(model=model, defense=defense, data=data, steps=steps, batch_size=batch_size,
+                                crop=crop, lr=lr, t_min=t_min, t_max=t_max, adv=adv,
+                                vgg19=None if vgg19 is None else str(vgg19), seed=seed)
+        command = "udcbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        every = max(1, steps // 20)
+
+        def log(step: int, loss: float) -> None:
+            if step % every == 0 or step == steps:
+                console.print(f"step {step}/{steps} loss {loss:.4f}", highlight=False)
+
+        meta = run_finetune(config, out, command=command, progress=log)
+        console.print(f"saved {out} ({meta['loss']}): test PSNR {meta['test_psnr_degraded']} dB (degraded) → "
+                      f"{meta['test_psnr_restored']} dB (restored, undefended inputs)")
+    except UdcbenchError as error:
+        fail(error)
+
+
+@app.command("train-prior")
+def train_prior(
+    data: str = typer.Option("udc-mini", "--data", help="Dataset whose clean ground truth the prior learns."),
+    split: str = typer.Option("train", "--split", help="Split of --data to train on."),
+    steps: int = typer.Option(1500, "--steps", help="Optimiser steps."),
+    batch_size: int = typer.Option(24, "--batch-size", help="Crops per step."),
+    crop: int = typer.Option(64, "--crop", help="Crop side = the prior's native tile size."),
+    lr: float = typer.Option(2e-4, "--lr", help="Peak learning rate (cosine schedule)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for init, crops, flips, timesteps and noise."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file (use with --defense purify:prior=FILE)."),
+) -> None:
+    """Train the small image-prior diffusion model (DDPM, ε-prediction) that `purify` uses."""
+    import time
+
+    from udcbench.data import load_dataset
+    from udcbench.defenses.diffusion import save_prior, train_prior as run_train_prior
+    from udcbench.errors import SpecError
+
+    try:
+        if out.suffix != ".safetensors":
+            raise SpecError(f"--out {out} must end in .safetensors")
+        if out.exists():
+            raise SpecError(f"{out} exists; remove it or choose another --out")
+        images = [sample.gt for sample in load_dataset(data, split=split)]
+        command = "udcbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        every = max(1, steps // 20)
+        started = time.time()
+
+        def log(step: int, loss: float) -> None:
+            if step % every == 0 or step == steps:
+                console.print(f"step {step}/{steps} loss {loss:.4f} ({time.time() - started:.0f} s)", highlight=False)
+
+        prior = run_train_prior(images, steps=steps, batch_size=batch_size, crop=crop, lr=lr, seed=seed, progress=log)
+        import torch
+
+        save_prior(prior, out, meta={"command": command, "data": data, "split": split, "images": str(len(images)),
+                                     "threads": str(torch.get_num_threads())})
+        console.print(f"saved {out}: {sum(p.numel() for p in prior.parameters()):,} parameters, final loss "
+                      f"{prior.meta['final_loss']}, {prior.meta['train_seconds']} s", highlight=False)
+    except UdcbenchError as error:
+        fail(error)

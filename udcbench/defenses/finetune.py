@@ -22,9 +22,8 @@ The `ft` defense loads `<model>-ft.safetensors` bundled in udcbench/models/weigh
 from __future__ import annotations
 
 import copy
-import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -126,7 +125,7 @@ def finetune(config: FinetuneConfig, out: str | Path, command: str = "",
     from udcbench.data import load_dataset
     from udcbench.defenses import make_defense
     from udcbench.models import load_model
-    from udcbench.models.train import TrainConfig, _random_batch, ema_update, evaluate, save_weights
+    from udcbench.models.train import TrainConfig, _random_batch, finish, optimise, set_cosine_lr
 
     if config.steps < 1 or config.batch_size < 1:
         raise SpecError("--steps and --batch-size must be positive")
@@ -154,8 +153,7 @@ def finetune(config: FinetuneConfig, out: str | Path, command: str = "",
     objective = make_objective("mse-clean")
     started = time.time()
     for step in range(config.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps))
+        set_cosine_lr(optimizer, config.lr, step, config.steps)
         inputs, targets, extras = _random_batch(samples, crops, generator, model.contract.extra_inputs)
         if attack is not None:  # PGD-AT: attack the current weights (frozen for the attack), then defend
             net.eval()
@@ -167,22 +165,9 @@ def finetune(config: FinetuneConfig, out: str | Path, command: str = "",
         with torch.no_grad():
             inputs = defended_inputs(defense, inputs, config, generator)
         loss = loss_fn(model(inputs, clamp=False, **extras), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), config.clip)
-        optimizer.step()
-        ema_update(ema, net, config.ema, step)
-        if progress is not None:
-            progress(step + 1, loss.item())
-    model.net = ema
-    degraded_psnr, restored_psnr = evaluate(model, load_dataset(config.data, split="test"))
-    metadata = {key: str(value) for key, value in asdict(config).items()}
-    metadata.update(command=command, loss=loss_name, finetuned_from=model.info.weights,
-                    train_seconds=f"{time.time() - started:.0f}", test_psnr_degraded=f"{degraded_psnr:.3f}",
-                    test_psnr_restored=f"{restored_psnr:.3f}", torch=torch.__version__,
-                    threads=str(torch.get_num_threads()))
-    save_weights(ema, out, metadata)
-    return metadata
+        optimise(optimizer, net, ema, loss, config, step, progress)
+    return finish(model, ema, config, out, started, command=command, loss=loss_name,
+                  finetuned_from=model.info.weights)
 
 
 class FineTuned(DefenseComponent):

@@ -93,24 +93,39 @@ def train(config: TrainConfig, out: Path, command: str = "",
     generator = torch.Generator().manual_seed(config.seed)
     started = time.time()
     for step in range(config.steps):
-        lr = config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_cosine_lr(optimizer, config.lr, step, config.steps)
         inputs, targets, extras = _random_batch(samples, config, generator, model.contract.extra_inputs)
         loss = F.l1_loss(model(inputs, clamp=False, **extras), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), config.clip)
-        optimizer.step()
-        ema_update(ema, net, config.ema, step)
-        if progress is not None:
-            progress(step + 1, loss.item())
+        optimise(optimizer, net, ema, loss, config, step, progress)
+    return finish(model, ema, config, out, started, command=command)
+
+
+def set_cosine_lr(optimizer: torch.optim.Optimizer, peak: float, step: int, steps: int) -> None:
+    """The cosine schedule from `peak` at step 0 down to 0 at `steps`."""
+    for group in optimizer.param_groups:
+        group["lr"] = peak * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
+def optimise(optimizer, net: torch.nn.Module, ema: torch.nn.Module, loss: torch.Tensor, config, step: int,
+             progress: Callable[[int, float], None] | None) -> None:
+    """One step: backward, gradient-norm clipping at `config.clip`, the optimiser, the EMA (`config.ema`)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), config.clip)
+    optimizer.step()
+    ema_update(ema, net, config.ema, step)
+    if progress is not None:
+        progress(step + 1, loss.item())
+
+
+def finish(model, ema: torch.nn.Module, config, out: str | Path, started: float, **extra: str) -> dict:
+    """Swap the EMA weights in, score the test split, save them with the recipe in the header; the metadata."""
     model.net = ema
     degraded_psnr, restored_psnr = evaluate(model, load_dataset(config.data, split="test"))
     metadata = {key: str(value) for key, value in asdict(config).items()}
-    metadata.update(command=command, train_seconds=f"{time.time() - started:.0f}",
-                    test_psnr_degraded=f"{degraded_psnr:.3f}", test_psnr_restored=f"{restored_psnr:.3f}",
-                    torch=torch.__version__, threads=str(torch.get_num_threads()))
+    metadata.update(**extra, train_seconds=f"{time.time() - started:.0f}", test_psnr_degraded=f"{degraded_psnr:.3f}",
+                    test_psnr_restored=f"{restored_psnr:.3f}", torch=torch.__version__,
+                    threads=str(torch.get_num_threads()))
     save_weights(ema, out, metadata)
     return metadata
 

@@ -73,6 +73,25 @@ def show_table(frame, title: str) -> None:
     console.print(table)
 
 
+def invoked_command() -> str:
+    """The command line as typed (shell-quoted), recorded in the headers of the weights a command writes."""
+    return "udcbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def step_logger(steps: int, timed: bool = False):
+    """progress(step, loss) for training loops: one plain line every 5 % of `steps` (and the last)."""
+    import time
+
+    every, started = max(1, steps // 20), time.time()
+
+    def log(step: int, loss: float) -> None:
+        if step % every == 0 or step == steps:
+            elapsed = f" ({time.time() - started:.0f} s)" if timed else ""
+            console.print(f"step {step}/{steps} loss {loss:.4f}{elapsed}", highlight=False)
+
+    return log
+
+
 def parse_attack_params(items: list[str]) -> dict:
     """`KEY=VALUE` strings -> typed values: fractions (2/255) stay text for the attack to parse; ints, floats,
     true/false and none are converted; anything else is a string."""
@@ -341,7 +360,7 @@ def train(
 
     try:
         config = TrainConfig(model=model, data=data, steps=steps, batch_size=batch_size, crop=crop, lr=lr, seed=seed)
-        command = "udcbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        command = invoked_command()
         if console.is_terminal:
             with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                           TimeRemainingColumn(), TextColumn("loss {task.fields[loss]:.4f}"), console=console) as bar:
@@ -349,13 +368,7 @@ def train(
                 meta = train_model(config, out, command=command,
                                    progress=lambda step, loss: bar.update(task, completed=step, loss=loss))
         else:  # logs: one plain line every 5 %
-            every = max(1, steps // 20)
-
-            def log(step: int, loss: float) -> None:
-                if step % every == 0 or step == steps:
-                    console.print(f"step {step}/{steps} loss {loss:.4f}", highlight=False)
-
-            meta = train_model(config, out, command=command, progress=log)
+            meta = train_model(config, out, command=command, progress=step_logger(steps))
         console.print(f"saved {out}: test PSNR {meta['test_psnr_degraded']} dB (degraded) → "
                       f"{meta['test_psnr_restored']} dB (restored)")
     except UdcbenchError as error:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from udcbench.cli import app, console, fail
+from udcbench.cli import app, console, fail, invoked_command, step_logger
 from udcbench.errors import UdcbenchError
 
 
@@ -38,14 +36,7 @@ def finetune(
         config = FinetuneConfig(model=model, defense=defense, data=data, steps=steps, batch_size=batch_size,
                                 crop=crop, lr=lr, t_min=t_min, t_max=t_max, adv=adv,
                                 vgg19=None if vgg19 is None else str(vgg19), seed=seed)
-        command = "udcbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        every = max(1, steps // 20)
-
-        def log(step: int, loss: float) -> None:
-            if step % every == 0 or step == steps:
-                console.print(f"step {step}/{steps} loss {loss:.4f}", highlight=False)
-
-        meta = run_finetune(config, out, command=command, progress=log)
+        meta = run_finetune(config, out, command=invoked_command(), progress=step_logger(steps))
         console.print(f"saved {out} ({meta['loss']}): test PSNR {meta['test_psnr_degraded']} dB (degraded) → "
                       f"{meta['test_psnr_restored']} dB (restored, undefended inputs)")
     except UdcbenchError as error:
@@ -64,7 +55,7 @@ def train_prior(
     out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file (use with --defense purify:prior=FILE)."),
 ) -> None:
     """Train the small image-prior diffusion model (DDPM, ε-prediction) that `purify` uses."""
-    import time
+    import torch
 
     from udcbench.data import load_dataset
     from udcbench.defenses.diffusion import save_prior, train_prior as run_train_prior
@@ -76,19 +67,10 @@ def train_prior(
         if out.exists():
             raise SpecError(f"{out} exists; remove it or choose another --out")
         images = [sample.gt for sample in load_dataset(data, split=split)]
-        command = "udcbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        every = max(1, steps // 20)
-        started = time.time()
-
-        def log(step: int, loss: float) -> None:
-            if step % every == 0 or step == steps:
-                console.print(f"step {step}/{steps} loss {loss:.4f} ({time.time() - started:.0f} s)", highlight=False)
-
-        prior = run_train_prior(images, steps=steps, batch_size=batch_size, crop=crop, lr=lr, seed=seed, progress=log)
-        import torch
-
-        save_prior(prior, out, meta={"command": command, "data": data, "split": split, "images": str(len(images)),
-                                     "threads": str(torch.get_num_threads())})
+        prior = run_train_prior(images, steps=steps, batch_size=batch_size, crop=crop, lr=lr, seed=seed,
+                                progress=step_logger(steps, timed=True))
+        save_prior(prior, out, meta={"command": invoked_command(), "data": data, "split": split,
+                                     "images": str(len(images)), "threads": str(torch.get_num_threads())})
         console.print(f"saved {out}: {sum(p.numel() for p in prior.parameters()):,} parameters, final loss "
                       f"{prior.meta['final_loss']}, {prior.meta['train_seconds']} s", highlight=False)
     except UdcbenchError as error:

@@ -22,9 +22,9 @@ from udcbench.defenses import make_defense
 from udcbench.errors import SpecError
 from udcbench.models import bundled_weights, load_model
 from udcbench.report import leaderboard
-from udcbench.runner.execute import Job, execute
+from udcbench.runner.execute import Job
 from udcbench.runner.store import ResultStore
-from udcbench.spec import THREATS, RunSpec, file_digest, stable_hash
+from udcbench.spec import PRECISIONS, THREATS, RunSpec, file_digest, stable_hash
 
 
 def resolve_device(device: str) -> torch.device:
@@ -37,12 +37,27 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def prepare(spec: RunSpec) -> Job:
-    """Validate and resolve a spec (model, weights, attack, defense, data) without writing anything."""
+def _cached(cache: dict | None, key: tuple, make):
+    if cache is None:
+        return make()
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
+def prepare(spec: RunSpec, cache: dict | None = None) -> Job:
+    """Validate and resolve a spec (model, weights, attack, defense, data) without writing anything.
+
+    `cache` (a dict kept across calls) makes the runs of a suite share one model, dataset and defense object per
+    distinct configuration — the planner needs that to share work, and purify:auto then calibrates once."""
     if spec.threat not in THREATS:
         raise SpecError(f"threat model {spec.threat!r} is not available; choose one of {', '.join(THREATS)}")
     if spec.seed < 0:
         raise SpecError(f"--seed must be a non-negative integer, got {spec.seed}")
+    if not isinstance(spec.batch_size, int) or spec.batch_size < 1:
+        raise SpecError(f"--batch-size must be a positive integer, got {spec.batch_size}")
+    if spec.precision not in PRECISIONS:
+        raise SpecError(f"unknown precision {spec.precision!r}; use fp32 or bf16 (bf16 autocast, for GPUs)")
     device = resolve_device(spec.device)
     attack = make_attack(spec.attack.name, **dict(spec.attack.params))
     objective = make_objective(spec.attack.objective)
@@ -57,9 +72,14 @@ def prepare(spec: RunSpec) -> Job:
         from udcbench.metrics.lpips import find_weights
 
         find_weights(spec.lpips)
-    defense = make_defense(spec.defense.spec)
-    dataset = load_dataset(spec.data.name, split=spec.data.split, limit=spec.data.limit)
-    model = load_model(spec.model.name, weights=spec.model.weights, device=device, seed=spec.seed)
+    model_key = ("model", spec.model.name, spec.model.weights, str(device),
+                 spec.seed if spec.model.weights == "random" else None)
+    data_key = ("data", spec.data.name, spec.data.split, spec.data.limit)
+    defense = make_defense(spec.defense.spec)  # validated before anything is loaded
+    dataset = _cached(cache, data_key, lambda: load_dataset(spec.data.name, split=spec.data.split,
+                                                            limit=spec.data.limit))
+    model = _cached(cache, model_key, lambda: load_model(spec.model.name, weights=spec.model.weights,
+                                                         device=device, seed=spec.seed))
     info = model.info
     needed = [name for name in info.contract.extra_inputs if name not in dataset[0].extras]
     if needed:  # checked on the first sample, before anything is written
@@ -74,13 +94,8 @@ def prepare(spec: RunSpec) -> Job:
         weights_id = f"random:{spec.seed}"
     else:
         weights_id = "file:" + file_digest(info.weights)
-    for component in defense.components:
-        if getattr(component, "prior", None) is not None:
-            component.prior.to(device)
-        if component.name == "purify" and component.t_star is None:  # purify:auto, chosen on clean images
-            from udcbench.defenses.noise_level import select_t_star
-
-            select_t_star(component, defense, model, dataset, spec.seed, device)
+    defense = _cached(cache, ("defense", spec.defense.spec, model_key, data_key, spec.seed),
+                      lambda: _ready_defense(defense, model, dataset, spec.seed, device))
     defense_record = defense.record(info.name)
     data_id = dataset.info.identity
     resolved = {"model": info.name, "weights": weights_id, "attack": attack.name, "params": attack.params,
@@ -105,10 +120,27 @@ def prepare(spec: RunSpec) -> Job:
               "attack": attack.name, "objective": objective.name, "norm": attack.norm, "mask": spec.attack.mask,
               "eps": attack.params.get("eps"),
               "alpha": attack.params.get("alpha"), "steps": attack.params.get("steps"), "data": data_id,
-              "split": spec.data.split, "seed": spec.seed, "device": str(device)}
+              "split": spec.data.split, "seed": spec.seed, "device": str(device), "batch_size": spec.batch_size,
+              "precision": spec.precision}
+    if spec.batch_size != 1:  # batches draw once for all their images; only when set, so hashes stay
+        resolved["batch_size"] = spec.batch_size
+    if spec.precision != "fp32":
+        resolved["precision"] = spec.precision
     return Job(run_hash=stable_hash(resolved), model=model, attack=attack, objective=objective, defense=defense,
                dataset=dataset, device=device, labels=labels, mask=mask, lpips_net=spec.lpips,
-               adaptive_attack=adaptive_attack)
+               adaptive_attack=adaptive_attack, batch_size=spec.batch_size, precision=spec.precision, spec=spec)
+
+
+def _ready_defense(defense, model, dataset, seed: int, device):
+    """Move priors to the device and let purify:auto choose its t* on clean images."""
+    for component in defense.components:
+        if getattr(component, "prior", None) is not None:
+            component.prior.to(device)
+        if component.name == "purify" and component.t_star is None:  # purify:auto, chosen on clean images
+            from udcbench.defenses.noise_level import select_t_star
+
+            select_t_star(component, defense, model, dataset, seed, device)
+    return defense
 
 
 def adaptive_attack_for(attack, defense, eot_draws: int | None):
@@ -134,7 +166,31 @@ def run(spec: RunSpec, out: str | Path | None = None,
         progress: Callable[[int, int, str], None] | None = None, job: Job | None = None) -> pd.DataFrame:
     """Run one benchmark spec; rows go to `out/results.db` (or memory when out is None) and the leaderboard
     is re-rendered into `out`. Returns this run's rows (all images of the selection, resumed ones included)."""
+    from udcbench.runner.plan import Group, Plan
+
     job = job or prepare(spec)  # every check happens before anything is written
+    frame = run_plan(Plan(jobs=[job], groups=[Group([job])]), out, progress)
+    frame.attrs.update(run_hash=job.run_hash)
+    return frame
+
+
+def run_suite(specs: list[RunSpec], out: str | Path | None = None,
+              progress: Callable[[int, int, str], None] | None = None, executor: str = "local",
+              address: str | None = None, gpus_per_task: float | None = None, plan=None) -> pd.DataFrame:
+    """Run many specs (a suite, or the cross product of a command line) sharing work between them; returns
+    the rows of all of them, with counts and the shared-work tally in `.attrs`."""
+    from udcbench.runner.plan import make_plan
+
+    plan = plan or make_plan(specs)  # every spec is validated before anything is written
+    return run_plan(plan, out, progress, executor=executor, address=address, gpus_per_task=gpus_per_task)
+
+
+def run_plan(plan, out: str | Path | None = None, progress: Callable[[int, int, str], None] | None = None,
+             executor: str = "local", address: str | None = None, gpus_per_task: float | None = None) -> pd.DataFrame:
+    from udcbench.runner.executors import EXECUTORS, execute_plan
+
+    if executor not in EXECUTORS:
+        raise SpecError(f"unknown executor {executor!r}; use local or ray")
     if out is not None:
         out = Path(out)
         if out.exists() and not out.is_dir():
@@ -142,14 +198,53 @@ def run(spec: RunSpec, out: str | Path | None = None,
         out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(None if out is None else out / "results.db")
     try:
-        store.register_run(job.run_hash, {"spec": spec.to_dict(), "resolved_labels": job.labels})
-        stats = execute(job, store, progress)
-        rows = store.rows(job.run_hash)
+        for job in plan.jobs:
+            store.register_run(job.run_hash, {"spec": job.spec.to_dict(), "resolved_labels": job.labels})
+        stats = execute_plan(plan, store, progress, executor=executor, address=address, gpus_per_task=gpus_per_task)
+        rows = store.rows()
         if out is not None:
-            leaderboard.write(leaderboard.summarise(store.rows()), out)
+            leaderboard.write(leaderboard.summarise(rows), out)
     finally:
         store.close()
-    selected = set(job.dataset.names())
-    rows = rows[rows["image"].isin(selected)].reset_index(drop=True)
-    rows.attrs.update(run_hash=job.run_hash, **stats)
+    keep = pd.Series(False, index=rows.index)
+    for job in plan.jobs:
+        keep |= (rows["run_hash"] == job.run_hash) & rows["image"].isin(set(job.dataset.names()))
+    rows = rows[keep].reset_index(drop=True)
+    rows.attrs.update(**stats)
     return rows
+
+
+def replay(out_dir: str | Path, run_hash: str, image: str) -> dict:
+    """Recompute one stored (run, image) from the spec in `out_dir/results.db` — the seeds make it exact — and
+    return its images, each (1, 3, H, W) in [0, 1]: degraded, adversarial, restored (f(y)), restored_adv (f(y')),
+    defended_adv (the defended output of y'), gt; plus eps, norm and label."""
+    from udcbench.report.leaderboard import defense_label, format_eps
+    from udcbench.runner.execute import SharedWork, score_batch
+    from udcbench.runner.plan import batches
+    from udcbench.runner.store import open_existing
+
+    store = open_existing(out_dir)
+    try:
+        found = store.conn.execute("SELECT spec FROM runs WHERE run_hash = ?", (run_hash,)).fetchone()
+    finally:
+        store.close()
+    if found is None:
+        raise SpecError(f"run {run_hash} is not in {out_dir}/results.db; `udcbench leaderboard {out_dir} --format "
+                        "csv` lists the runs stored there")
+    job = prepare(RunSpec.from_dict(json.loads(found[0])["spec"]))
+    for indices, names in batches(job.dataset, job.batch_size):
+        if image in names:
+            break
+    else:
+        raise SpecError(f"image {image!r} is not in run {run_hash}'s dataset; its images: "
+                        f"{', '.join(job.dataset.names()[:8])}, …")
+    samples = [job.dataset[i] for i in indices]
+    keep: dict = {}
+    score_batch([job], samples, SharedWork(), keep)
+    position = names.index(image)
+    panel = {key: value[position:position + 1].detach().float().cpu() for key, value in keep.items()}
+    eps = job.labels["eps"]
+    panel.update(eps=eps, norm=job.attack.norm, label=f"{job.labels['model']} · {job.attack.name} "
+                 f"{format_eps(eps, job.attack.norm)} · {defense_label(job.defense.spec, job.labels['defense_params'])}"
+                 f" · {job.labels['threat']}")
+    return panel

@@ -138,93 +138,6 @@ def attack_variant(name: str, norm: str | None) -> str:
                         f"{', '.join(e.name for e in ATTACKS.entries() if e.info.get('norm') == norm)}")
 
 
-@app.command()
-def run(
-    model: str = typer.Option("uformer", "--model", "-m", help="Model name or family (`udcbench list models`)."),
-    attack: str = typer.Option("pgd", "--attack", "-a", help="Attack name (`udcbench list attacks`)."),
-    defense: str = typer.Option("none", "--defense", "-d", help="Defense spec; compose with '+', e.g. a+b."),
-    data: str = typer.Option("udc-mini", "--data", help="udc-mini, a folder of pairs, or FORMAT:ROOT "
-                      "with FORMAT synth, toled, poled, mipi or pairs (`udcbench list datasets`)."),
-    eps: Optional[str] = typer.Option(None, "--eps", help="Budget: L∞ as a fraction like 8/255, or an L2 norm "
-                                      "(e.g. 1.0) for L2 attacks (default: the attack's, 8/255 for pgd)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Attack iterations (default: the attack's)."),
-    alpha: Optional[str] = typer.Option(None, "--alpha", help="Step size, e.g. 2/255 (default: the attack's)."),
-    restarts: Optional[int] = typer.Option(None, "--restarts", help="Random restarts; the strongest per image."),
-    queries: Optional[int] = typer.Option(None, "--queries", help="Query budget of black-box attacks."),
-    norm: Optional[str] = typer.Option(None, "--norm", help="linf or l2: picks the attack's variant (pgd-l2, ...)."),
-    attack_param: list[str] = typer.Option([], "--attack-param", "-p", help="KEY=VALUE for any other attack "
-                                           "parameter (repeatable), e.g. -p basis=dct."),
-    surrogate: Optional[str] = typer.Option(None, "--surrogate", help="Surrogate model of the transfer attack."),
-    objective: str = typer.Option("mse-clean", "--objective", help="What the attack maximises: mse-clean, mse-gt, "
-                                  "l1-clean, lpips-clean, targeted:input or targeted:IMAGE."),
-    lpips: Optional[str] = typer.Option(None, "--lpips", help="Also score LPIPS with this backbone (alex or "
-                                        "vgg; needs local weights, see README)."),
-    mask: Optional[str] = typer.Option(None, "--mask", help="Restrict δ to a region: box:TOP,LEFT,HEIGHT,WIDTH "
-                                       "(fractions) or a PNG (white = may change)."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Checkpoint file, or 'random' (default: bundled)."),
-    threat: str = typer.Option("gray-box", "--threat", help="gray-box (attack the undefended model, then defend: "
-                               "the paper's setting) or adaptive (attack through the defense: BPDA, EOT)."),
-    eot: Optional[int] = typer.Option(None, "--eot", help="Adaptive threat: draws of a randomised defense per "
-                                      "objective evaluation (default 2)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for random starts (recorded with every row)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N images."),
-    split: str = typer.Option("test", "--split", help="Dataset split."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
-    out: Path = typer.Option(Path("udcbench-out"), "--out", "-o", help="Folder for results.db and leaderboards."),
-) -> None:
-    """Attack a restoration model on a dataset and score clean / attacked outputs (PSNR, SSIM)."""
-    from udcbench import api
-    from udcbench.report import leaderboard
-    from udcbench.runner.store import open_existing
-    from udcbench.spec import AttackSpec, DataSpec, DefenseSpec, ModelSpec, RunSpec
-
-    try:
-        if limit is not None and limit < 1:
-            raise UdcbenchError(f"--limit must be at least 1, got {limit}")
-        attack = attack_variant(attack, norm)
-        params = {"eps": eps, "steps": steps, "alpha": alpha, "restarts": restarts, "queries": queries,
-                  "surrogate": surrogate, **parse_attack_params(attack_param)}
-        spec = RunSpec(model=ModelSpec(model, weights), defense=DefenseSpec(defense),
-                       attack=AttackSpec.of(attack, objective=objective, mask=mask, **params),
-                       data=DataSpec(data, split, limit), seed=seed, device=device, lpips=lpips,
-                       threat=threat, eot=eot)
-        job = api.prepare(spec)
-        info = job.model.info
-        if info.resolved_from:
-            console.print(f"model [bold]{info.resolved_from}[/] → [bold]{info.name}[/] (the configuration with "
-                          f"bundled weights; {info.parameters / 1e6:.2f} M parameters)")
-        if info.weights == "random":
-            console.print("[yellow]warning:[/] random (untrained) weights; the leaderboard marks them")
-        console.print(f"{info.name} · {job.attack.describe()} · objective {job.objective.name} · "
-                      f"defense {leaderboard.defense_label(job.defense.spec, job.labels['defense_params'])} "
-                      f"· threat {job.labels['threat']} "
-                      f"· {job.dataset.info.name} ({len(job.dataset)} images) · seed {seed} · {job.device} · "
-                      f"run {job.run_hash}")
-        columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[image]}"))
-        with Progress(*columns, console=console, transient=False) as bar:
-            task = bar.add_task("attacking", total=len(job.dataset), image="")
-
-            def progress(done: int, total: int, image: str) -> None:
-                bar.update(task, completed=done, total=total, image=image)
-
-            frame = api.run(spec, out=out, progress=progress, job=job)
-        if frame.attrs.get("skipped"):
-            console.print(f"resumed: {frame.attrs['skipped']} images already in {out / 'results.db'}, "
-                          f"{frame.attrs['computed']} computed now")
-        store = open_existing(out)
-        try:
-            table = leaderboard.summarise(store.rows())
-        finally:
-            store.close()
-        show_table(table, f"leaderboard ({out / 'leaderboard.md'})")
-        comparison = leaderboard.threat_comparison(table)
-        if not comparison.empty:
-            show_table(comparison, "gray-box vs adaptive (defended attacked PSNR)")
-    except UdcbenchError as error:
-        fail(error)
-
-
 class Kind(str, Enum):
     models = "models"
     attacks = "attacks"
@@ -317,33 +230,6 @@ def load(
         fail(error)
 
 
-class Format(str, Enum):
-    md = "md"
-    csv = "csv"
-
-
-@app.command("leaderboard")
-def leaderboard_(
-    directory: Path = typer.Argument(..., help="A --out folder of `udcbench run`."),
-    format: Format = typer.Option(Format.md, "--format", "-f", help="md or csv (printed and written)."),
-) -> None:
-    """Re-render the leaderboard of a run folder from its stored rows."""
-    from udcbench.report import leaderboard
-    from udcbench.runner.store import open_existing
-
-    try:
-        store = open_existing(directory)
-        try:
-            table = leaderboard.summarise(store.rows())
-        finally:
-            store.close()
-        leaderboard.write(table, directory, formats=(format.value,))
-        text = leaderboard.to_markdown(table) if format is Format.md else leaderboard.to_csv(table)
-        sys.stdout.write(text)
-    except UdcbenchError as error:
-        fail(error)
-
-
 @app.command()
 def train(
     model: str = typer.Option(..., "--model", "-m", help="Model configuration to train from a seeded init."),
@@ -375,8 +261,10 @@ def train(
         fail(error)
 
 
+from udcbench import cli_run  # noqa: E402,F401  (registers `run` on app)
 from udcbench import cli_data  # noqa: E402,F401  (registers `synth` and `psf` on app)
 from udcbench import cli_defense  # noqa: E402,F401  (registers `finetune` on app)
+from udcbench import cli_report  # noqa: E402,F401  (registers `leaderboard`, `check`, `plot` on app)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 THREATS = ("gray-box", "adaptive")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,20 @@ class RunSpec:
     lpips: str | None = None  # "alex" or "vgg": also score LPIPS (needs local weights)
     eot: int | None = None  # adaptive threat: draws of a randomised defense per objective evaluation (None: 1,
     # or 2 for a randomised defense)
+    batch_size: int = 1  # images per attack batch (>1: one seeded draw per batch, so it enters the run hash)
+    precision: str = "fp32"  # or "bf16": autocast of the model passes
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict) -> "RunSpec":
+        """Inverse of to_dict (the `runs` table of results.db stores specs this way)."""
+        attack = dict(data.get("attack", {}))
+        attack["params"] = tuple(tuple(pair) for pair in attack.get("params", ()))
+        return RunSpec(model=ModelSpec(**data.get("model", {})), attack=AttackSpec(**attack),
+                       defense=DefenseSpec(**data.get("defense", {})), data=DataSpec(**data.get("data", {})),
+                       **{k: v for k, v in data.items() if k not in ("model", "attack", "defense", "data")})
 
 
 def stable_hash(resolved: dict) -> str:

@@ -66,10 +66,9 @@ def weights_label(label: str) -> str:
     return Path(label).name
 
 
-def summarise(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean of each metric per configuration; PSNR to 2 decimals, SSIM to 4, in a stable order."""
-    if rows.empty:
-        return pd.DataFrame(columns=KEYS + ["images"] + [m for m, _ in METRICS])
+def label_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """A copy of stored rows with the leaderboard's labels: eps as '8/255' / 'L2 1' / '-', steps as '20' / '-',
+    weights as 'bundled' / 'RANDOM (untrained)' / the file name, defense with the t* that purify:auto chose."""
     frame = rows.copy()
     norms = frame["norm"] if "norm" in frame else pd.Series("linf", index=frame.index)
     frame["eps"] = [format_eps(eps, norm) for eps, norm in zip(frame["eps"], norms)]
@@ -77,6 +76,14 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     frame["weights"] = frame["weights"].map(weights_label)
     if "defense_params" in frame:
         frame["defense"] = [defense_label(d, p) for d, p in zip(frame["defense"], frame["defense_params"])]
+    return frame
+
+
+def summarise(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean of each metric per configuration; PSNR to 2 decimals, SSIM to 4, in a stable order."""
+    if rows.empty:
+        return pd.DataFrame(columns=KEYS + ["images"] + [m for m, _ in METRICS])
+    frame = label_rows(rows)
     if "psnr_clean_gt_undefended" in frame:
         frame["psnr_clean_loss"] = frame["psnr_clean_gt_undefended"] - frame["psnr_clean_gt"]
     grouped = frame.groupby(KEYS, sort=True, dropna=False)
@@ -111,10 +118,20 @@ def threat_comparison(table: pd.DataFrame) -> pd.DataFrame:
     return frame.reset_index()
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write `data` to a temporary file beside `path`, then rename it over `path`: readers see the old file or
+    the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -151,6 +168,6 @@ def write(table: pd.DataFrame, out_dir: str | Path, formats=("md", "csv")) -> li
     written = []
     for fmt in formats:
         path = out_dir / f"leaderboard.{fmt}"
-        _atomic_write(path, to_markdown(table) if fmt == "md" else to_csv(table))
+        write_atomic(path, to_markdown(table) if fmt == "md" else to_csv(table))
         written.append(path)
     return written

@@ -1,12 +1,23 @@
-"""The local executor: one image at a time through clean restoration, attack, defense and scoring."""
+"""Scoring: restore, attack, defend and score a batch of images for every run of a group, sharing the work.
+
+A *group* is the runs of a plan that use one model (same weights), one dataset, seed, batch size and precision.
+For each batch of images the group's runs share:
+  - the clean output f(y): computed once per image, whatever the attack, ε, defense or threat model;
+  - the defended clean output D(y) (e.g. the purified input through the fine-tuned model): once per defense;
+  - the gray-box adversarial example y' and f(y'): an attack crafted on the undefended model does not depend on
+    the defense, so it is computed once and scored through every defense of the group.
+Every item is exactly what a run on its own computes (same seeds, same operations), so sharing never changes
+a number. `SharedWork` counts what was computed and reused, and the network passes the reuse saved.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable
 
 import torch
 
@@ -17,7 +28,7 @@ from udcbench.spec import image_seed
 
 @dataclass
 class Job:
-    """Everything resolved for one run: what `execute` needs, plus the labels written into every row."""
+    """Everything resolved for one run: what scoring needs, plus the labels written into every row."""
 
     run_hash: str
     model: torch.nn.Module
@@ -30,100 +41,205 @@ class Job:
     mask: object = None  # None, or a function (H, W) -> (1, 1, H, W) mask restricting δ
     lpips_net: str | None = None  # "alex" / "vgg": also score LPIPS
     adaptive_attack: object = None  # threat "adaptive": the attack run through the defense (EOT-wrapped if random)
+    batch_size: int = 1
+    precision: str = "fp32"
+    spec: object = None  # the RunSpec it was prepared from
+
+    @property
+    def attacks_bare_model(self) -> bool:
+        """True when the attack is crafted on the undefended model (gray-box, or no defense at all)."""
+        return self.adaptive_attack is None or self.defense.is_identity
+
+    @property
+    def attack_key(self) -> str:
+        """What decides the gray-box adversarial example besides the model, images and seed."""
+        return json.dumps([self.attack.name, self.attack.params, self.labels["objective"],
+                           getattr(self.objective, "target", None), self.labels["mask"]], sort_keys=True, default=str)
+
+    @property
+    def defense_key(self) -> str:
+        return json.dumps([self.defense.spec, self.labels["defense_params"]])
 
 
-def _generator(seed: int, image: str, stage: str) -> torch.Generator:
-    return torch.Generator().manual_seed(image_seed(seed, image, stage))
+def batch_generator(seed: int, names: list[str], stage: str) -> torch.Generator:
+    """The seeded draws of one batch: for a single image exactly those of a run with --batch-size 1 (so results
+    do not depend on which other runs share the work); a batch of several images draws once for all of them."""
+    return torch.Generator().manual_seed(image_seed(seed, "|".join(names), stage))
 
 
-def score_image(job: Job, sample) -> dict:
-    """Restore, attack, defend and score one sample; returns a full result row."""
-    seed = job.labels["seed"]
-    degraded = sample.degraded[None].to(job.device)
-    gt = sample.gt[None].to(job.device)
-    model = job.model.bind(**{k: v[None].to(job.device) for k, v in sample.extras.items()
-                              if k in job.model.contract.extra_inputs})
-    defended_model = job.defense.prepare_model(model)
+# the networks whose passes are counted: restoration models and diffusion priors
+def _counted_types() -> tuple[type, ...]:
+    from udcbench.defenses.diffusion import PriorUNet, _DiffusersUNet
+    from udcbench.models.base import RestorationModel
 
+    return RestorationModel, PriorUNet, _DiffusersUNet
+
+
+@dataclass
+class SharedWork:
+    """Items reused within a batch, and counts: `computed` / `reused` per kind (clean outputs, defended clean
+    outputs, adversarial examples), `passes` = network passes run (a pass that builds a graph for a gradient
+    counts twice: forward and backward), `saved` = the passes the reused items would have cost again."""
+
+    computed: Counter = field(default_factory=Counter)
+    reused: Counter = field(default_factory=Counter)
+    passes: int = 0
+    saved: int = 0
+    items: dict = field(default_factory=dict)
+    images: int = 1  # images in the current batch: counts are per image
+
+    def get(self, kind: str, key, compute):
+        if (kind, key) in self.items:
+            value, cost = self.items[(kind, key)]
+            self.reused[kind] += self.images
+            self.saved += cost
+            return value
+        before = self.passes
+        value = compute()
+        self.items[(kind, key)] = (value, self.passes - before)
+        self.computed[kind] += self.images
+        return value
+
+    def clear(self) -> None:
+        self.items.clear()
+
+    @contextlib.contextmanager
+    def counting(self):
+        """Count every pass of a restoration model or diffusion prior (per image) while the block runs."""
+        counted = _counted_types()
+
+        def hook(module, inputs):
+            if isinstance(module, counted) and inputs and isinstance(inputs[0], torch.Tensor):
+                images = inputs[0].shape[0] if inputs[0].dim() == 4 else 1
+                grad = torch.is_grad_enabled() and inputs[0].requires_grad
+                self.passes += images * (2 if grad else 1)
+
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+        try:
+            yield self
+        finally:
+            handle.remove()
+
+    def merge(self, other: "SharedWork") -> None:
+        self.computed.update(other.computed)
+        self.reused.update(other.reused)
+        self.passes += other.passes
+        self.saved += other.saved
+
+    def as_dict(self) -> dict:
+        return {"computed": dict(self.computed), "reused": dict(self.reused), "passes": self.passes,
+                "saved": self.saved}
+
+
+def _autocast(job: Job):
+    if job.precision == "bf16":
+        return torch.autocast(device_type=job.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _stack(samples, key: str, device) -> torch.Tensor:
+    return torch.stack([getattr(s, key) for s in samples]).to(device)
+
+
+def score_batch(jobs: list[Job], samples: list, work: SharedWork, keep: dict | None = None) -> dict[str, list[dict]]:
+    """Rows of every job for a batch of samples (one shape); the jobs share model, dataset, seed and batch.
+    `keep` (a dict) receives the last job's images: degraded, adversarial, restored, restored_adv, defended_adv,
+    gt (for `udcbench plot`)."""
+    first = jobs[0]
+    device = first.device
+    degraded, gt = _stack(samples, "degraded", device), _stack(samples, "gt", device)
+    model = first.model.bind(**{k: torch.stack([s.extras[k] for s in samples]).to(device)
+                                for k in first.model.contract.extra_inputs})
+    rows: dict[str, list[dict]] = {}
+    work.images = len(samples)
+    with work.counting(), _autocast(first):
+        for job in jobs:
+            rows[job.run_hash] = _score_job(job, model, samples, degraded, gt, work, keep)
+    return rows
+
+
+def _score_job(job: Job, model, samples, degraded, gt, work: SharedWork, keep: dict | None = None):
+    seed, names = job.labels["seed"], [s.name for s in samples]
     started = time.perf_counter()
+    with torch.no_grad():  # computed once: the reference and the undefended clean output
+        clean_output = work.get("clean output", None, lambda: model(degraded).float())
+    defended_model = job.defense.prepare_model(model)
     with torch.no_grad():
-        clean_output = model(degraded)  # computed once: the reference and the undefended clean output
         if job.defense.is_identity:
             defended_clean = clean_output
         else:
-            defended_clean = defended_model(job.defense.transform(degraded, _generator(seed, sample.name, "def-clean")))
+            defended_clean = work.get("defended clean output", job.defense_key, lambda: defended_model(
+                job.defense.transform(degraded, batch_generator(seed, names, "def-clean"))).float())
     reference = job.objective.reference(clean_output, gt, degraded)
     time_clean = time.perf_counter() - started
 
     started = time.perf_counter()
     mask = None if job.mask is None else job.mask(*degraded.shape[-2:])
-    attack, target, attack_reference = job.attack, model, reference
-    if job.adaptive_attack is not None and not job.defense.is_identity:
+
+    def craft(attack, target, attack_reference):
+        attack.last_queries = None
+        adversarial = attack(target, degraded, job.objective, attack_reference,
+                             batch_generator(seed, names, "attack"), mask=mask).detach()
+        with torch.no_grad():
+            return adversarial, attack.last_queries, model(adversarial).float()
+
+    if job.attacks_bare_model:
+        adversarial, queries, adversarial_output = work.get(
+            "adversarial example", job.attack_key, lambda: craft(job.attack, model, reference))
+    else:
         # adaptive: the attacker differentiates (or queries) the whole defended system, with fresh defense
         # randomness on every call, and pushes its output away from the defended clean output
-        draws = _generator(seed, sample.name, "def-attack")
+        draws = batch_generator(seed, names, "def-attack")
 
         def target(image: torch.Tensor) -> torch.Tensor:
             return defended_model(job.defense.differentiable_transform(image, draws))
 
-        attack = job.adaptive_attack
-        attack_reference = job.objective.reference(defended_clean, gt, degraded)
-    attack.last_queries = None
-    adversarial = attack(target, degraded, job.objective, attack_reference, _generator(seed, sample.name, "attack"),
-                         mask=mask)
-    queries = attack.last_queries
+        adversarial, queries, adversarial_output = work.get("adversarial example", job.run_hash, lambda: craft(
+            job.adaptive_attack, target, job.objective.reference(defended_clean, gt, degraded)))
     time_attack = time.perf_counter() - started
 
     started = time.perf_counter()
     with torch.no_grad():
-        adversarial_output = model(adversarial)
         if job.defense.is_identity:
             defended_adv = adversarial_output
         else:
-            defended_adv = defended_model(job.defense.transform(adversarial, _generator(seed, sample.name, "def-adv")))
+            defended_adv = defended_model(
+                job.defense.transform(adversarial, batch_generator(seed, names, "def-adv"))).float()
         delta = adversarial - degraded
-        row = {
-            "psnr_degraded_gt": psnr(degraded, gt).item(),
-            "psnr_clean_gt": psnr(defended_clean, gt).item(), "ssim_clean_gt": ssim(defended_clean, gt).item(),
-            "psnr_adv_gt": psnr(defended_adv, gt).item(), "ssim_adv_gt": ssim(defended_adv, gt).item(),
-            "psnr_adv_clean": psnr(defended_adv, defended_clean).item(),
-            "ssim_adv_clean": ssim(defended_adv, defended_clean).item(),
-            "psnr_clean_gt_undefended": psnr(clean_output, gt).item(),
-            "ssim_clean_gt_undefended": ssim(clean_output, gt).item(),
-            "psnr_adv_gt_undefended": psnr(adversarial_output, gt).item(),
-            "ssim_adv_gt_undefended": ssim(adversarial_output, gt).item(),
-            "psnr_input_adv": psnr(adversarial, degraded).item(),
-            "linf": delta.abs().max().item(), "l2": delta.flatten().norm().item(),
-            "queries": None if queries is None else int(queries.reshape(-1)[0]),
-            "objective_clean": job.objective(clean_output, reference).item(),
-            "objective_adv": job.objective(adversarial_output, reference).item(),
-            "lpips_clean_gt": None, "lpips_adv_gt": None, "lpips_adv_clean": None,
+        metrics = {
+            "psnr_degraded_gt": psnr(degraded, gt),
+            "psnr_clean_gt": psnr(defended_clean, gt), "ssim_clean_gt": ssim(defended_clean, gt),
+            "psnr_adv_gt": psnr(defended_adv, gt), "ssim_adv_gt": ssim(defended_adv, gt),
+            "psnr_adv_clean": psnr(defended_adv, defended_clean), "ssim_adv_clean": ssim(defended_adv, defended_clean),
+            "psnr_clean_gt_undefended": psnr(clean_output, gt), "ssim_clean_gt_undefended": ssim(clean_output, gt),
+            "psnr_adv_gt_undefended": psnr(adversarial_output, gt),
+            "ssim_adv_gt_undefended": ssim(adversarial_output, gt),
+            "psnr_input_adv": psnr(adversarial, degraded),
+            "linf": delta.abs().flatten(1).max(dim=1).values, "l2": delta.flatten(1).norm(dim=1),
+            "objective_clean": job.objective(clean_output, reference),
+            "objective_adv": job.objective(adversarial_output, reference),
         }
         if job.lpips_net is not None:
             from udcbench.metrics.lpips import lpips
 
-            row.update(lpips_clean_gt=lpips(defended_clean, gt, job.lpips_net).item(),
-                       lpips_adv_gt=lpips(defended_adv, gt, job.lpips_net).item(),
-                       lpips_adv_clean=lpips(defended_adv, defended_clean, job.lpips_net).item())
-    row.update(time_clean_s=time_clean, time_attack_s=time_attack, time_eval_s=time.perf_counter() - started)
-    row.update(job.labels)
-    row.update(run_hash=job.run_hash, image=sample.name, attack_params=json.dumps(job.attack.params, sort_keys=True),
-               udcbench_version=udcbench.__version__, torch_version=torch.__version__,
-               created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    return row
-
-
-def execute(job: Job, store, progress: Callable[[int, int, str], None] | None = None) -> dict:
-    """Score every sample not yet stored for this run hash; returns counts of done / skipped images."""
-    done = store.done(job.run_hash)
-    names = job.dataset.names()
-    todo = [i for i, name in enumerate(names) if name not in done]
-    skipped = len(names) - len(todo)
-    if progress:
-        progress(skipped, len(names), "")
-    for count, index in enumerate(todo, start=1):
-        sample = job.dataset[index]
-        store.add(score_image(job, sample))
-        if progress:
-            progress(skipped + count, len(names), sample.name)
-    return {"images": len(names), "computed": len(todo), "skipped": skipped}
+            metrics.update(lpips_clean_gt=lpips(defended_clean, gt, job.lpips_net),
+                           lpips_adv_gt=lpips(defended_adv, gt, job.lpips_net),
+                           lpips_adv_clean=lpips(defended_adv, defended_clean, job.lpips_net))
+    time_eval = time.perf_counter() - started
+    if keep is not None:
+        keep.update(degraded=degraded, adversarial=adversarial, restored=clean_output, restored_adv=adversarial_output,
+                    defended_adv=defended_adv, gt=gt)
+    count = len(samples)
+    common = dict(job.labels, run_hash=job.run_hash, attack_params=json.dumps(job.attack.params, sort_keys=True),
+                  udcbench_version=udcbench.__version__, torch_version=torch.__version__,
+                  created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  lpips_clean_gt=None, lpips_adv_gt=None, lpips_adv_clean=None,
+                  # wall time of the batch, shared out per image
+                  time_clean_s=time_clean / count, time_attack_s=time_attack / count, time_eval_s=time_eval / count)
+    rows = []
+    for index, sample in enumerate(samples):
+        row = dict(common, image=sample.name,
+                   queries=None if queries is None else int(queries.reshape(-1)[index]))
+        row.update({name: value[index].item() for name, value in metrics.items()})
+        rows.append(row)
+    return rows

@@ -1,4 +1,4 @@
-"""The results store: SQLite, one row per (run hash, image), each inserted in its own transaction.
+"""The results store: SQLite, one row per (run hash, image); the rows of one batch go in one transaction.
 
 A killed run leaves only whole rows behind; rerunning the same spec skips the images already stored, and the
 primary key makes a doubled row impossible. Leaderboards are always recomputed from these rows.
@@ -33,7 +33,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("lpips_clean_gt", "REAL"), ("lpips_adv_gt", "REAL"), ("lpips_adv_clean", "REAL"),
     ("objective_clean", "REAL"), ("objective_adv", "REAL"),
     ("time_clean_s", "REAL"), ("time_attack_s", "REAL"), ("time_eval_s", "REAL"),
-    ("device", "TEXT"), ("udcbench_version", "TEXT"), ("torch_version", "TEXT"), ("created_at", "TEXT"),
+    ("device", "TEXT"), ("batch_size", "INTEGER"), ("precision", "TEXT"), ("udcbench_version", "TEXT"), ("torch_version", "TEXT"), ("created_at", "TEXT"),
 )
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 
@@ -70,14 +70,20 @@ class ResultStore:
 
     def add(self, row: dict) -> bool:
         """Insert one row in its own transaction; False if that (run hash, image) is already stored."""
-        missing = set(COLUMN_NAMES) - set(row)
-        if missing:
-            raise StoreError(f"internal error: result row lacks {sorted(missing)}")
+        return self.add_many([row]) == 1
+
+    def add_many(self, rows: list[dict]) -> int:
+        """Insert rows in one transaction (all or none); returns how many were new."""
         marks = ", ".join("?" for _ in COLUMN_NAMES)
+        for row in rows:
+            missing = set(COLUMN_NAMES) - set(row)
+            if missing:
+                raise StoreError(f"internal error: result row lacks {sorted(missing)}")
         with self.conn:
-            cursor = self.conn.execute(f"INSERT OR IGNORE INTO results ({', '.join(COLUMN_NAMES)}) VALUES ({marks})",
-                                       [row[name] for name in COLUMN_NAMES])
-        return cursor.rowcount == 1
+            before = self.conn.total_changes
+            self.conn.executemany(f"INSERT OR IGNORE INTO results ({', '.join(COLUMN_NAMES)}) VALUES ({marks})",
+                                  [[row[name] for name in COLUMN_NAMES] for row in rows])
+            return self.conn.total_changes - before
 
     def rows(self, run_hash: str | None = None) -> pd.DataFrame:
         query = f"SELECT {', '.join(COLUMN_NAMES)} FROM results"

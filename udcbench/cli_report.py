@@ -1,0 +1,171 @@
+"""`udcbench leaderboard`, `udcbench check` and `udcbench plot`: tables, the CI gate and figures of a run
+folder, all recomputed from its stored rows (registered on cli.app)."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from udcbench.cli import app, console, fail
+from udcbench.errors import DataError, SpecError, UdcbenchError
+
+notes = Console(stderr=True)  # 'wrote FILE' goes to stderr, so the table on stdout can be redirected
+SUFFIXES = {"md": "md", "csv": "csv", "latex": "tex", "html": "html"}
+
+
+class Format(str, Enum):
+    md = "md"
+    csv = "csv"
+    latex = "latex"
+    html = "html"
+
+
+def stored_rows(directory: Path):
+    from udcbench.runner.store import open_existing
+
+    store = open_existing(directory)
+    try:
+        return store.rows()
+    finally:
+        store.close()
+
+
+def _dimensions(text: Optional[str]) -> Optional[list[str]]:
+    return None if text is None else [name for name in text.split(",") if name.strip()]
+
+
+def _write(path: Path, text: str) -> Path:
+    from udcbench.report.leaderboard import write_atomic
+
+    if path.is_dir() or not path.parent.is_dir():
+        problem = "it is a folder" if path.is_dir() else "its folder does not exist"
+        raise SpecError(f"cannot write --output {path}: {problem}; pass a file in an existing folder")
+    return write_atomic(path, text)
+
+
+@app.command("leaderboard")
+def leaderboard_(
+    directory: Path = typer.Argument(..., help="A --out folder of `udcbench run`."),
+    format: Format = typer.Option(Format.md, "--format", "-f", help="md, csv, latex or html (printed and written)."),
+    rows: Optional[str] = typer.Option(None, "--rows", help="Pivot table: dimensions down the side, e.g. "
+                                       "model,defense (default; + threat when there are several)."),
+    cols: Optional[str] = typer.Option(None, "--cols", help="Pivot table: dimensions across, e.g. attack,eps "
+                                       "(default). Dimensions: model, weights, defense, threat, attack, objective, "
+                                       "eps, steps, seed, data, split, norm, eot, mask."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Pivot table: psnr_gt (default), ssim_gt, "
+                                         "lpips_gt, psnr_clean_out, ssim_clean_out, clean_psnr_gt, clean_ssim_gt "
+                                         "or a metric column."),
+    where: list[str] = typer.Option([], "--where", help="Pivot table: keep rows with DIMENSION=VALUE "
+                                    "(repeatable; values of one dimension are alternatives), e.g. eps=8/255."),
+    output: Optional[Path] = typer.Option(None, "--output", help="File to write (default DIR/leaderboard.FORMAT, "
+                                          "or DIR/table-METRIC.{md,csv,tex,html} for a pivot table)."),
+) -> None:
+    """Re-render the leaderboard of a run folder from its stored rows, or a pivot table of one metric
+    (mean ± std over images; with --rows/--cols/--metric/--where, and always for latex and html)."""
+    from udcbench.report import leaderboard, tables
+
+    try:
+        stored = stored_rows(directory)
+        if rows is None and cols is None and metric is None and not where and format in (Format.md, Format.csv):
+            table = leaderboard.summarise(stored)
+            text = leaderboard.to_markdown(table) if format is Format.md else leaderboard.to_csv(table)
+            if output is None:
+                leaderboard.write(table, directory, formats=(format.value,))
+            else:
+                _write(output, text)
+            sys.stdout.write(text)
+            return
+        table = tables.pivot(stored, _dimensions(rows), _dimensions(cols), metric or "psnr_gt", where)
+        text = tables.RENDERERS[format.value](table)
+        path = _write(output or directory / f"table-{table.name}.{SUFFIXES[format.value]}", text)
+        sys.stdout.write(text)
+        notes.print(f"wrote {escape(str(path))}", highlight=False, soft_wrap=True)
+    except UdcbenchError as error:
+        fail(error)
+
+
+@app.command("check")
+def check_(
+    directory: Path = typer.Argument(..., help="A --out folder of `udcbench run`."),
+    baseline: Path = typer.Option(Path("leaderboards/ci.csv"), "--baseline", help="Committed leaderboard CSV "
+                                  "to compare with (as `udcbench leaderboard DIR --format csv` writes it)."),
+    tolerance: float = typer.Option(0.05, "--tolerance", help="Largest allowed move of a PSNR column, in dB."),
+    ssim_tolerance: float = typer.Option(0.005, "--ssim-tolerance", help="Largest allowed move of an SSIM or "
+                                         "LPIPS column."),
+    strict: bool = typer.Option(False, "--strict", help="Also fail on configurations the baseline lacks."),
+) -> None:
+    """CI gate: fail (exit 1) when the leaderboard of DIR lost a baseline configuration, changed an image
+    count, or moved a metric beyond the tolerance. Each offending cell is printed on its own line."""
+    from udcbench.report import check
+
+    try:
+        result = check.check(directory, baseline, tolerance, ssim_tolerance, strict)
+    except UdcbenchError as error:
+        fail(error)
+    for finding in result.failures:
+        console.print(f"FAIL {finding.describe()}", markup=False, highlight=False, soft_wrap=True, style="red")
+    for finding in result.new:
+        console.print(finding.describe(), markup=False, highlight=False, soft_wrap=True,
+                      style="red" if strict else "yellow")
+    console.print(result.summary(), markup=False, highlight=False, soft_wrap=True,
+                  style="green" if result.passed else "bold red")
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+def _replay():
+    try:
+        from udcbench.api import replay
+    except ImportError:
+        raise UdcbenchError("this udcbench has no udcbench.api.replay, which the image grid needs; "
+                            "update udcbench, or use the psnr_vs_eps.png written alone") from None
+    return replay
+
+
+@app.command("plot")
+def plot(
+    directory: Path = typer.Argument(..., help="A --out folder of `udcbench run`."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the PNGs (default: DIR)."),
+    metric: str = typer.Option("psnr_gt", "--metric", help="Metric against eps: psnr_gt (default), ssim_gt, "
+                               "lpips_gt, psnr_clean_out, ... or a metric column."),
+    image: Optional[str] = typer.Option(None, "--image", help="Image of the grid (default: the first name)."),
+    run: list[str] = typer.Option([], "--run", help="Run hash (or a unique prefix) to show in the grid "
+                                  "(repeatable; default: up to 4 runs at the largest eps, one per defense)."),
+) -> None:
+    """Draw psnr_vs_eps.png (the metric against the attack budget) and image_grid.png (one image replayed
+    through the chosen runs: y, y′, f(y), f(y′), the defended output, ground truth, amplified δ)."""
+    from udcbench.report import plots
+
+    try:
+        stored = stored_rows(directory)
+        hashes = plots.choose_runs(stored, run or None)  # check --run and --image before drawing anything
+        name = plots.choose_image(stored, hashes, image)
+        folder = out or directory
+        if folder.exists() and not folder.is_dir():
+            raise SpecError(f"--out {folder} is a file; pass a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            path = plots.psnr_vs_eps(stored, folder / "psnr_vs_eps.png", metric)
+            console.print(f"wrote {escape(str(path))}", highlight=False, soft_wrap=True)
+        except DataError as error:
+            console.print(f"[yellow]skipped psnr_vs_eps.png:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+        replay = _replay()
+        runs = plots.runs_table(stored).set_index("run_hash")
+        panels = []
+        for run_hash in hashes:
+            panel = dict(replay(directory, run_hash, name))
+            panel.setdefault("label", runs.loc[run_hash, "label"])
+            panel.setdefault("eps", runs.loc[run_hash, "eps_value"])
+            panel.setdefault("norm", runs.loc[run_hash, "norm"])
+            panels.append(panel)
+        layout = plots.image_grid(panels, folder / "image_grid.png")
+        console.print(f"wrote {escape(str(layout.path))} (image {escape(name)}; runs {', '.join(hashes)})",
+                      highlight=False, soft_wrap=True)
+    except UdcbenchError as error:
+        fail(error)

@@ -1,0 +1,222 @@
+"""`udcbench run`: one run, a command-line cross product or a suite file, shared work, resume, executors."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from udcbench.cli import app, attack_variant, console, errors, fail, parse_attack_params, show_table
+from udcbench.errors import UdcbenchError
+
+
+def split_values(values: list[str], default: str, commas: bool = True) -> list[str]:
+    """Repeated options, each possibly comma-separated: ['a,b', 'c'] -> ['a', 'b', 'c']; [] -> [default]."""
+    out = [part.strip() for value in values for part in (value.split(",") if commas else [value]) if part.strip()]
+    return out or [default]
+
+
+def command_line_suite(models, attacks, defenses, eps_values, threats, seed, norm, common: dict, objective, mask,
+                       weights, data, split, limit):
+    """The cross product of several --model/--attack/--defense/--eps/--threat values as a Suite. Parameters given
+    once apply to every attack that has them (an attack without an eps, like cw, runs once)."""
+    from udcbench.registry import ATTACKS
+    from udcbench.runner.suite import Suite, attack_settings
+    from udcbench.spec import DataSpec, ModelSpec
+
+    names = [attack_variant(name, norm) for name in attacks]
+    given = {k: v for k, v in common.items() if v is not None}
+    if eps_values:
+        given["eps"] = eps_values
+    settings = []
+    for name in names:
+        defaults = ATTACKS.get(name).info.get("defaults", {})
+        params = given if len(names) == 1 else {k: v for k, v in given.items() if k in defaults}
+        settings.extend(attack_settings(name, params, objective, mask))
+    unused = sorted(k for k in given if not any(k in ATTACKS.get(n).info.get("defaults", {}) for n in names))
+    if unused and len(names) > 1:
+        raise UdcbenchError(f"no attack among {', '.join(names)} takes {', '.join(unused)}; drop it")
+    return Suite(models=[ModelSpec(m, weights) for m in models], data=[DataSpec(data, split, limit)],
+                 attacks=settings, defenses=defenses, threats=threats, seeds=[seed])
+
+
+@app.command()
+def run(
+    model: list[str] = typer.Option([], "--model", "-m", help="Model name or family (`udcbench list models`); "
+                                    "repeat or comma-separate for several (default uformer)."),
+    attack: list[str] = typer.Option([], "--attack", "-a", help="Attack name (`udcbench list attacks`); repeat or "
+                                     "comma-separate for several (default pgd)."),
+    defense: list[str] = typer.Option([], "--defense", "-d", help="Defense spec; compose with '+', e.g. a+b; "
+                                      "repeat for several (default none)."),
+    suite: Optional[Path] = typer.Option(None, "--suite", help="A suite YAML (e.g. benchmarks/ci.yaml): the cross "
+                                         "product of its models, attacks, ε, defenses and threat models."),
+    data: str = typer.Option("udc-mini", "--data", help="udc-mini, a folder of pairs, or FORMAT:ROOT "
+                      "with FORMAT synth, toled, poled, mipi or pairs (`udcbench list datasets`)."),
+    eps: list[str] = typer.Option([], "--eps", help="Budget: L∞ as a fraction like 8/255, or an L2 norm (e.g. 1.0) "
+                                  "for L2 attacks; several: --eps 1/255,2/255,4/255,8/255 (default: the attack's)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Attack iterations (default: the attack's)."),
+    alpha: Optional[str] = typer.Option(None, "--alpha", help="Step size, e.g. 2/255 (default: the attack's)."),
+    restarts: Optional[int] = typer.Option(None, "--restarts", help="Random restarts; the strongest per image."),
+    queries: Optional[int] = typer.Option(None, "--queries", help="Query budget of black-box attacks."),
+    norm: Optional[str] = typer.Option(None, "--norm", help="linf or l2: picks the attack's variant (pgd-l2, ...)."),
+    attack_param: list[str] = typer.Option([], "--attack-param", "-p", help="KEY=VALUE for any other attack "
+                                           "parameter (repeatable), e.g. -p basis=dct."),
+    surrogate: Optional[str] = typer.Option(None, "--surrogate", help="Surrogate model of the transfer attack."),
+    objective: str = typer.Option("mse-clean", "--objective", help="What the attack maximises: mse-clean, mse-gt, "
+                                  "l1-clean, lpips-clean, targeted:input or targeted:IMAGE."),
+    lpips: Optional[str] = typer.Option(None, "--lpips", help="Also score LPIPS with this backbone (alex or "
+                                        "vgg; needs local weights, see README)."),
+    mask: Optional[str] = typer.Option(None, "--mask", help="Restrict δ to a region: box:TOP,LEFT,HEIGHT,WIDTH "
+                                       "(fractions) or a PNG (white = may change)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Checkpoint file, or 'random' (default: bundled)."),
+    threat: list[str] = typer.Option([], "--threat", help="gray-box (attack the undefended model, then defend: "
+                                     "the paper's setting) or adaptive (attack through the defense: BPDA, EOT); "
+                                     "repeat for both."),
+    eot: Optional[int] = typer.Option(None, "--eot", help="Adaptive threat: draws of a randomised defense per "
+                                      "objective evaluation (default 2)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for random starts (recorded with every row)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N images."),
+    split: str = typer.Option("test", "--split", help="Dataset split."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto (CUDA when present; default "
+                                         "cpu, or the suite's)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch (default 1; a batch "
+                                             "draws its random starts once, so it is part of the run's identity)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 (default) or bf16 (autocast, for GPUs)."),
+    executor: str = typer.Option("local", "--executor", help="local (default) or ray: run the planned jobs as "
+                                 "Ray tasks."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (auto, or host:port); "
+                                          "default: a local cluster for this command."),
+    gpus_per_task: Optional[float] = typer.Option(None, "--gpus-per-task", help="Ray: GPUs each task declares "
+                                                  "when running on CUDA (default 1)."),
+    out: Path = typer.Option(Path("udcbench-out"), "--out", "-o", help="Folder for results.db and leaderboards."),
+) -> None:
+    """Attack restoration models on a dataset and score clean / attacked / defended outputs (PSNR, SSIM).
+    Several values, or --suite FILE, run the cross product, sharing clean outputs, purified inputs and gray-box
+    adversarial examples between runs; rerunning an interrupted command finishes only what is missing."""
+    from udcbench.runner.suite import load_suite
+
+    try:
+        if limit is not None and limit < 1:
+            raise UdcbenchError(f"--limit must be at least 1, got {limit}")
+        if suite is not None:
+            clashing = [flag for flag, value in (("--model", model), ("--attack", attack), ("--defense", defense),
+                                                 ("--eps", eps), ("--threat", threat)) if value]
+            if clashing:
+                raise UdcbenchError(f"{', '.join(clashing)} cannot be combined with --suite; edit {suite} instead")
+            plan_suite = load_suite(suite)
+            if limit is not None:  # a quick look at a suite: fewer images of each of its datasets
+                plan_suite.data = [dataclasses.replace(d, limit=limit) for d in plan_suite.data]
+        else:
+            params = {"steps": steps, "alpha": alpha, "restarts": restarts, "queries": queries,
+                      "surrogate": surrogate, **parse_attack_params(attack_param)}
+            plan_suite = command_line_suite(
+                split_values(model, "uformer"), split_values(attack, "pgd"), split_values(defense, "none", False),
+                split_values(eps, None) if eps else [], split_values(threat, "gray-box"), seed, norm, params,
+                objective, mask, weights, data, split, limit)
+            plan_suite.lpips, plan_suite.eot = lpips, eot
+        for key, value in (("device", device), ("batch_size", batch_size), ("precision", precision)):
+            if value is not None:
+                setattr(plan_suite, key, value)
+        specs = plan_suite.specs()
+        if len(specs) == 1 and suite is None and executor == "local":
+            run_single(specs[0], out)
+        else:
+            run_many(plan_suite, specs, out, executor, address, gpus_per_task, suite)
+    except UdcbenchError as error:
+        fail(error)
+
+
+def progress_bar(total: int, description: str):
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[image]}"))
+    bar = Progress(*columns, console=console, transient=False)
+    task = bar.add_task(description, total=total, image="")
+
+    def progress(done: int, total: int, image: str) -> None:
+        bar.update(task, completed=done, total=total, image=image)
+
+    return bar, progress
+
+
+def run_single(spec, out: Path) -> None:
+    from udcbench import api
+    from udcbench.report import leaderboard
+
+    job = api.prepare(spec)
+    info = job.model.info
+    if info.resolved_from:
+        console.print(f"model [bold]{info.resolved_from}[/] → [bold]{info.name}[/] (the configuration with "
+                      f"bundled weights; {info.parameters / 1e6:.2f} M parameters)")
+    if info.weights == "random":
+        console.print("[yellow]warning:[/] random (untrained) weights; the leaderboard marks them")
+    console.print(f"{info.name} · {job.attack.describe()} · objective {job.objective.name} · "
+                  f"defense {leaderboard.defense_label(job.defense.spec, job.labels['defense_params'])} "
+                  f"· threat {job.labels['threat']} "
+                  f"· {job.dataset.info.name} ({len(job.dataset)} images) · seed {spec.seed} · {job.device} · "
+                  f"run {job.run_hash}")
+    bar, progress = progress_bar(len(job.dataset), "attacking")
+    with bar:
+        frame = api.run(spec, out=out, progress=progress, job=job)
+    if frame.attrs.get("skipped"):
+        console.print(f"resumed: {frame.attrs['skipped']} images already in {out / 'results.db'}, "
+                      f"{frame.attrs['computed']} computed now")
+    show_leaderboard(out)
+
+
+def run_many(plan_suite, specs, out: Path, executor: str, address, gpus_per_task, suite_file) -> None:
+    from udcbench import api
+    from udcbench.runner.plan import make_plan
+
+    plan = make_plan(specs)  # every run validated and resolved before anything is written
+    name = f"suite {plan_suite.name}" if suite_file else "cross product"
+    folded = f" ({plan_suite.skipped} adaptive × no-defense runs are the gray-box ones)" if plan_suite.skipped else ""
+    first = plan.jobs[0]
+    console.print(f"{name}: {len(plan.jobs)} runs = {plan_suite.describe()}{folded} · {plan.images} (run, image) "
+                  f"rows · seed{'s' if len(plan_suite.seeds) > 1 else ''} {', '.join(map(str, plan_suite.seeds))} · "
+                  f"{first.device} · batch {first.batch_size} · {first.precision} · executor {executor}")
+    bar, progress = progress_bar(plan.images, "running")
+    try:
+        with bar:
+            frame = api.run_suite(specs, out=out, progress=progress, executor=executor, address=address,
+                                  gpus_per_task=gpus_per_task, plan=plan)
+    except KeyboardInterrupt:
+        errors.print(f"interrupted: every finished batch is stored in {out / 'results.db'}; run the same command "
+                     "again to finish only what is missing")
+        raise typer.Exit(130)
+    stats = frame.attrs
+    if stats.get("skipped"):
+        console.print(f"resumed: {stats['skipped']} rows already in {out / 'results.db'}, {stats['computed']} "
+                      "computed now")
+    console.print(shared_work_line(stats["work"]))
+    show_leaderboard(out)
+
+
+def shared_work_line(work: dict) -> str:
+    """'shared work: 24 clean outputs computed, 48 reused; … — saved 1,234 of 5,678 network passes (22 %)'."""
+    parts = []
+    for kind in ("clean output", "defended clean output", "adversarial example"):
+        computed, reused = work["computed"].get(kind, 0), work["reused"].get(kind, 0)
+        if computed or reused:
+            parts.append(f"{computed} {kind}s computed, {reused} reused")
+    total = work["passes"] + work["saved"]
+    share = f" ({100 * work['saved'] / total:.0f} %)" if total else ""
+    return (f"shared work: {'; '.join(parts) or 'nothing computed'} — saved {work['saved']:,} of {total:,} network "
+            f"passes{share} (restoration model and diffusion prior, forward or backward, per image)")
+
+
+def show_leaderboard(out: Path) -> None:
+    from udcbench.report import leaderboard
+    from udcbench.runner.store import open_existing
+
+    store = open_existing(out)
+    try:
+        table = leaderboard.summarise(store.rows())
+    finally:
+        store.close()
+    show_table(table, f"leaderboard ({out / 'leaderboard.md'})")
+    comparison = leaderboard.threat_comparison(table)
+    if not comparison.empty:
+        show_table(comparison, "gray-box vs adaptive (defended attacked PSNR)")

@@ -1,0 +1,407 @@
+"""Pivot tables of one metric: rows and columns are any of the stored dimensions (model, defense, attack, eps,
+...), each cell the mean ± sample std over images. Rendered as Markdown, CSV, LaTeX (booktabs) and HTML.
+
+    table = pivot(store.rows(), rows_by=["model", "defense"], cols_by=["attack", "eps"], metric="psnr_gt")
+    print(to_latex(table))
+
+A dimension that is in neither rows nor columns must be single-valued inside every cell; otherwise the cell
+would average different experiments, and `pivot` says which dimension to add or filter on.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import re
+from dataclasses import dataclass
+
+import pandas as pd
+from tabulate import tabulate
+
+from udcbench.errors import SpecError, UnknownNameError
+from udcbench.report.leaderboard import DIGITS, label_rows
+
+DIMENSIONS = ("model", "weights", "defense", "threat", "attack", "objective", "eps", "steps", "seed", "data",
+              "split", "norm", "eot", "mask")
+DEFAULT_ROWS = ("model", "defense")
+DEFAULT_COLUMNS = ("attack", "eps")
+METRIC_NAMES = {"psnr_gt": "psnr_adv_gt", "ssim_gt": "ssim_adv_gt", "lpips_gt": "lpips_adv_gt",
+                "psnr_clean_out": "psnr_adv_clean", "ssim_clean_out": "ssim_adv_clean",
+                "clean_psnr_gt": "psnr_clean_gt", "clean_ssim_gt": "ssim_clean_gt"}
+DESCRIPTIONS = {
+    "psnr_adv_gt": "Attacked PSNR (dB): restored attacked input vs ground truth",
+    "ssim_adv_gt": "Attacked SSIM: restored attacked input vs ground truth",
+    "lpips_adv_gt": "Attacked LPIPS: restored attacked input vs ground truth",
+    "psnr_adv_clean": "PSNR (dB) of the attacked output vs the clean output",
+    "ssim_adv_clean": "SSIM of the attacked output vs the clean output",
+    "lpips_adv_clean": "LPIPS of the attacked output vs the clean output",
+    "psnr_clean_gt": "Clean PSNR (dB): restored clean input vs ground truth",
+    "ssim_clean_gt": "Clean SSIM: restored clean input vs ground truth",
+    "lpips_clean_gt": "Clean LPIPS: restored clean input vs ground truth",
+    "psnr_clean_loss": "Clean PSNR loss (dB) of the defense: undefended minus defended clean PSNR",
+}
+_METRIC_PATTERN = re.compile(r"^(psnr|ssim|lpips|time|objective)_|^(queries|linf|l2)$")
+
+
+@dataclass(frozen=True)
+class Cell:
+    mean: float
+    std: float  # sample std (ddof=1) over images; 0 for a single image
+    images: int
+
+
+@dataclass(frozen=True)
+class PivotTable:
+    name: str  # the metric as asked for (psnr_gt); names the LaTeX label and the default file
+    metric: str  # the stored column (psnr_adv_gt)
+    rows_by: tuple[str, ...]
+    cols_by: tuple[str, ...]
+    row_keys: tuple[tuple[str, ...], ...]
+    col_keys: tuple[tuple[str, ...], ...]
+    cells: dict  # (row key, column key) -> Cell; absent combinations are missing
+    best: frozenset  # (row key, column key) of the best cell(s) of each column
+    caption: str
+    digits: int
+    per_row: dict  # threat / seed when they are not pivot dimensions: name -> {row key: label}
+
+    def text(self, row: tuple, col: tuple, plus_minus: str = "±") -> str | None:
+        cell = self.cells.get((row, col))
+        if cell is None:
+            return None
+        return f"{cell.mean:.{self.digits}f} {plus_minus} {cell.std:.{self.digits}f}"
+
+
+def metric_columns(rows: pd.DataFrame | None = None) -> list[str]:
+    """Stored columns that hold a metric (psnr_*, ssim_*, lpips_*, queries, ...)."""
+    from udcbench.runner.store import COLUMN_NAMES
+
+    names = list(COLUMN_NAMES) + ([] if rows is None else list(rows.columns))
+    return list(dict.fromkeys(n for n in names + ["psnr_clean_loss"] if _METRIC_PATTERN.match(n)))
+
+
+def resolve_metric(name: str, rows: pd.DataFrame | None = None) -> str:
+    """A short name (psnr_gt, ssim_gt, lpips_gt, psnr_clean_out, ...) or a metric column -> the column."""
+    column = METRIC_NAMES.get(name, name)
+    if column not in metric_columns(rows):
+        raise UnknownNameError(f"unknown metric {name!r}; use one of {', '.join(METRIC_NAMES)} or a metric "
+                               f"column: {', '.join(metric_columns(rows))}")
+    return column
+
+
+def higher_is_better(metric: str) -> bool | None:
+    """True for PSNR / SSIM, False for LPIPS and the clean PSNR loss, None where 'better' means nothing."""
+    if metric == "psnr_clean_loss" or metric.startswith("lpips_"):
+        return False
+    return True if metric.startswith(("psnr_", "ssim_")) else None
+
+
+def _label(value) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def dimension_frame(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows with every dimension as a label string ('8/255', '20', '0', '-' for none)."""
+    frame = label_rows(rows)
+    for dimension in DIMENSIONS:
+        frame[dimension] = frame[dimension].map(_label) if dimension in frame else "-"
+    if "psnr_clean_gt_undefended" in frame:
+        frame["psnr_clean_loss"] = frame["psnr_clean_gt_undefended"] - frame["psnr_clean_gt"]
+    return frame
+
+
+def parse_where(items: list[str] | tuple[str, ...] | None) -> dict[str, set[str]]:
+    """['eps=8/255', 'defense=none', 'defense=jpeg:75'] -> {eps: {8/255}, defense: {none, jpeg:75}}; the
+    values of one key are alternatives, different keys must all hold."""
+    filters: dict[str, set[str]] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in DIMENSIONS:
+            raise SpecError(f"cannot read --where {item!r}; write DIMENSION=VALUE with DIMENSION one of "
+                            f"{', '.join(DIMENSIONS)}, e.g. --where eps=8/255")
+        filters.setdefault(key, set()).add(value.strip())
+    return filters
+
+
+def filter_rows(frame: pd.DataFrame, filters: dict[str, set[str]]) -> pd.DataFrame:
+    for key, values in filters.items():
+        present = set(frame[key])
+        missing = sorted(values - present)
+        if missing:
+            raise SpecError(f"no selected row has {key}={' or '.join(missing)}; {key} takes "
+                            f"{', '.join(sort_labels(key, present))} — fix the --where filter")
+        frame = frame[frame[key].isin(values)]
+    return frame
+
+
+def _natural(text: str) -> tuple:
+    parts = re.split(r"(\d+(?:\.\d+)?)", text)
+    return tuple((0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts))
+
+
+def sort_key(dimension: str, label: str) -> tuple:
+    if dimension == "eps":  # L∞ by size, then L2 by size, then attacks without a budget
+        if label == "-":
+            return (2, 0.0, label)
+        try:
+            if label.startswith("L2 "):
+                return (1, float(label[3:]), label)
+            numerator, _, denominator = label.partition("/")
+            return (0, float(numerator) / float(denominator or 1), label)
+        except ValueError:
+            return (3, 0.0, label)
+    first = {"defense": "none", "threat": "gray-box"}.get(dimension)
+    return (label != first,) + _natural(label)
+
+
+def sort_labels(dimension: str, labels) -> list[str]:
+    return sorted(labels, key=lambda label: sort_key(dimension, label))
+
+
+def _key_order(dims: tuple[str, ...]):
+    return lambda key: tuple(sort_key(d, v) for d, v in zip(dims, key))
+
+
+def _dimensions(names, option: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in names if n.strip())
+    unknown = [n for n in names if n not in DIMENSIONS]
+    if unknown or len(set(names)) != len(names):
+        raise SpecError(f"{option} {','.join(names)}: {'unknown ' + ', '.join(unknown) if unknown else 'repeated'} "
+                        f"dimension; choose from {', '.join(DIMENSIONS)}")
+    return names
+
+
+def _layout(frame: pd.DataFrame, rows_by, cols_by) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    cols = _dimensions(DEFAULT_COLUMNS if cols_by is None else cols_by, "--cols")
+    if rows_by is None:
+        extra = ("threat",) if frame["threat"].nunique() > 1 else ()
+        rows_by = [d for d in DEFAULT_ROWS + extra if d not in cols]
+    rows = _dimensions(rows_by, "--rows")
+    if not rows or not cols:
+        raise SpecError(f"a table needs at least one dimension in --rows and one in --cols; got rows "
+                        f"{','.join(rows) or '(none)'}, cols {','.join(cols) or '(none)'}")
+    both = [d for d in rows if d in cols]
+    if both:
+        raise SpecError(f"{', '.join(both)} is in both --rows and --cols; keep it in one of them")
+    return rows, cols
+
+
+def _check_single_experiment(frame: pd.DataFrame, pivot_dims: tuple[str, ...]) -> None:
+    grouped = frame.groupby(list(pivot_dims), sort=False)
+    problems = []
+    for dimension in DIMENSIONS:
+        if dimension in pivot_dims or not (grouped[dimension].nunique() > 1).any():
+            continue
+        values = sort_labels(dimension, set(frame[dimension]))
+        example = next(v for v in values if v != "-")
+        problems.append(f"{dimension} takes {', '.join(values)} within one cell (add it to --rows or --cols, "
+                        f"or filter with --where {dimension}={example})")
+    if problems:
+        raise SpecError("the table would average different experiments: " + "; ".join(problems))
+
+
+def _varying(frame: pd.DataFrame, dimension: str, pivot_dims: tuple[str, ...]) -> str:
+    """'steps by attack: cw 100, pgd 20' for a dimension that is fixed within each cell but not overall."""
+    for by in pivot_dims:
+        if (frame.groupby(by)[dimension].nunique() <= 1).all():
+            pairs = frame.drop_duplicates(by).set_index(by)[dimension]
+            return f"{dimension} by {by}: " + ", ".join(f"{k} {pairs[k]}" for k in sort_labels(by, pairs.index))
+    return f"{dimension} {', '.join(sort_labels(dimension, set(frame[dimension])))} (one per cell)"
+
+
+def _caption(frame, metric: str, cells: dict, pivot_dims: tuple[str, ...], bold: bool) -> str:
+    description = DESCRIPTIONS.get(metric, metric)
+    if (frame["defense"] != "none").any():
+        description += " (the defended output where a defense is set)"
+    counts = sorted({cell.images for cell in cells.values()})
+    spread = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    parts = [f"{description}, mean ± std over {spread} image{'s' if counts[-1] > 1 else ''}"]
+    for dimension, name in (("threat", "threat model"), ("seed", "seed")):
+        values = sort_labels(dimension, set(frame[dimension]))
+        parts.append(f"{name}{'s' if len(values) > 1 else ''} {', '.join(values)}")
+    for dimension in DIMENSIONS:
+        if dimension in ("threat", "seed") or dimension in pivot_dims:
+            continue
+        values = set(frame[dimension])
+        if len(values) > 1:
+            parts.append(_varying(frame, dimension, pivot_dims))
+        elif values != {"-"}:
+            parts.append(f"{dimension} {values.pop()}")
+    better = higher_is_better(metric)
+    if bold:
+        parts.append(f"best per column in bold ({'higher' if better else 'lower'} is better)")
+    return "; ".join(parts) + "."
+
+
+def _best(cells: dict, col_keys, digits: int, better: bool | None) -> frozenset:
+    best = set()
+    if better is None:
+        return frozenset()
+    for col in col_keys:
+        column = {key: round(cell.mean, digits) for key, cell in cells.items() if key[1] == col}
+        if len(column) > 1:
+            target = max(column.values()) if better else min(column.values())
+            best.update(key for key, value in column.items() if value == target)
+    return frozenset(best)
+
+
+def pivot(rows: pd.DataFrame, rows_by=None, cols_by=None, metric: str = "psnr_gt",
+          where: list[str] | None = None) -> PivotTable:
+    """Mean ± std over images of `metric` per (rows_by, cols_by) combination of the stored `rows`.
+
+    rows_by, cols_by: dimensions (see DIMENSIONS); None gives model, defense (+ threat when there are several)
+    by attack, eps. metric: a short name (psnr_gt, ssim_gt, lpips_gt, psnr_clean_out, ssim_clean_out,
+    clean_psnr_gt, clean_ssim_gt) or a metric column. where: 'dimension=label' filters, e.g. ['eps=8/255'].
+    """
+    if rows.empty:
+        raise SpecError("there are no result rows to tabulate; fill the folder with `udcbench run --out DIR` first")
+    column = resolve_metric(metric, rows)
+    frame = filter_rows(dimension_frame(rows), parse_where(where))
+    if column not in frame or frame[column].isna().all():
+        raise SpecError(f"no selected row has a value for {column}; pick another --metric"
+                        + (" or rerun with --lpips" if column.startswith("lpips_") else ""))
+    frame = frame[frame[column].notna()].copy()
+    frame[column] = frame[column].astype(float)
+    rows_by, cols_by = _layout(frame, rows_by, cols_by)
+    _check_single_experiment(frame, rows_by + cols_by)
+    cells = {}
+    for key, group in frame.groupby(list(rows_by + cols_by), sort=False):
+        values = group[column]
+        std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        cells[(tuple(key[:len(rows_by)]), tuple(key[len(rows_by):]))] = Cell(float(values.mean()), std, len(values))
+    row_keys = tuple(sorted({r for r, _ in cells}, key=_key_order(rows_by)))
+    col_keys = tuple(sorted({c for _, c in cells}, key=_key_order(cols_by)))
+    digits = DIGITS.get(column.split("_")[0], 4)
+    best = _best(cells, col_keys, digits, higher_is_better(column))
+    per_row = {}
+    for dimension in ("threat", "seed"):
+        if dimension not in rows_by + cols_by:
+            labels = frame.groupby(list(rows_by))[dimension].agg(lambda s: " / ".join(sort_labels(dimension, set(s))))
+            per_row[dimension] = {tuple(k) if isinstance(k, tuple) else (k,): v for k, v in labels.items()}
+    return PivotTable(name=metric, metric=column, rows_by=rows_by, cols_by=cols_by, row_keys=row_keys,
+                      col_keys=col_keys, cells=cells, best=best,
+                      caption=_caption(frame, column, cells, rows_by + cols_by, bool(best)), digits=digits,
+                      per_row=per_row)
+
+
+def column_labels(table: PivotTable) -> list[str]:
+    """'pgd 8/255', and 'cw' for a column key whose eps is '-' (unless that makes two labels equal)."""
+    labels = [" ".join(p for p in key if p != "-") or "-" for key in table.col_keys]
+    return labels if len(set(labels)) == len(labels) else [" ".join(key) for key in table.col_keys]
+
+
+def _groups(col_keys, level: int) -> list[tuple[str, int, int]]:
+    """Runs of consecutive column keys that share key[:level + 1]: (label, first index, count)."""
+    groups: list[tuple[str, int, int]] = []
+    for index, key in enumerate(col_keys):
+        if groups and col_keys[groups[-1][1]][:level + 1] == key[:level + 1]:
+            groups[-1] = (groups[-1][0], groups[-1][1], groups[-1][2] + 1)
+        else:
+            groups.append((key[level], index, 1))
+    return groups
+
+
+def to_markdown(table: PivotTable) -> str:
+    def escape(text: str) -> str:
+        return re.sub(r"([\\`*_|])", r"\\\1", text)
+
+    body = []
+    for row in table.row_keys:
+        cells = []
+        for col in table.col_keys:
+            text = table.text(row, col) or "-"
+            cells.append(f"**{text}**" if (row, col) in table.best else text)
+        body.append([escape(label) for label in row] + cells)
+    headers = [escape(h) for h in list(table.rows_by) + column_labels(table)]
+    align = ("left",) * len(table.rows_by) + ("right",) * len(table.col_keys)
+    grid = tabulate(body, headers=headers, tablefmt="pipe", colalign=align, disable_numparse=True)
+    return f"Table: {escape(table.caption)}\n\n{grid}\n"
+
+
+def to_csv(table: PivotTable) -> str:
+    """Row-key columns, then '<column label> mean' and '<column label> std' per column (plain numbers), then
+    threat and seed when they are not pivot dimensions."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    extra = list(table.per_row)
+    writer.writerow(list(table.rows_by) + [f"{label} {stat}" for label in column_labels(table)
+                                           for stat in ("mean", "std")] + extra)
+    for row in table.row_keys:
+        values = list(row)
+        for col in table.col_keys:
+            cell = table.cells.get((row, col))
+            values += ["", ""] if cell is None else [f"{cell.mean:.{table.digits}f}", f"{cell.std:.{table.digits}f}"]
+        writer.writerow(values + [table.per_row[name][row] for name in extra])
+    return buffer.getvalue()
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
+        ">": r"\textgreater{}", "|": r"\textbar{}", "±": r"$\pm$", "–": "--", "−": "$-$", "·": r"$\cdot$",
+        "×": r"$\times$", "δ": r"$\delta$", "ε": r"$\varepsilon$", "∞": r"$\infty$", "→": r"$\rightarrow$"}
+
+
+def latex_escape(text: str) -> str:
+    """Plain text -> LaTeX source that pdflatex typesets as that text (specials and a few symbols)."""
+    return "".join(_TEX.get(char, char) for char in text)
+
+
+def to_latex(table: PivotTable) -> str:
+    """A `table` float with a booktabs `tabular`; needs only \\usepackage{booktabs}."""
+    first = len(table.rows_by)
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(table.caption)}}}",
+             rf"\label{{tab:udcbench-{table.name}}}",
+             rf"\begin{{tabular}}{{{'l' * first + 'r' * len(table.col_keys)}}}", r"\toprule"]
+    for level in range(len(table.cols_by) - 1):  # grouped header rows: attack over eps, ...
+        groups = _groups(table.col_keys, level)
+        cells = [""] * first + [rf"\multicolumn{{{n}}}{{c}}{{{latex_escape(label)}}}" for label, _, n in groups]
+        lines.append(" & ".join(cells) + r" \\")
+        lines.append(" ".join(rf"\cmidrule(lr){{{first + start + 1}-{first + start + n}}}" for _, start, n in groups))
+    bottom = list(table.rows_by) + [key[-1] for key in table.col_keys]
+    if len(table.cols_by) == 1:
+        bottom = list(table.rows_by) + column_labels(table)
+    lines += [" & ".join(latex_escape(h) for h in bottom) + r" \\", r"\midrule"]
+    for row in table.row_keys:
+        cells = [latex_escape(label) for label in row]
+        for col in table.col_keys:
+            text = table.text(row, col, r"$\pm$") or "--"
+            cells.append(rf"\textbf{{{text}}}" if (row, col) in table.best else text)
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(table: PivotTable) -> str:
+    """A standalone <table> with <caption>, <thead> (grouped headers) and <tbody>; best cells in <strong>."""
+    escape = html.escape
+    levels = len(table.cols_by)
+    lines = ['<table class="udcbench">', f"<caption>{escape(table.caption)}</caption>", "<thead>"]
+    for level in range(levels):
+        cells = []
+        if level == 0:
+            span = f' rowspan="{levels}"' if levels > 1 else ""
+            cells += [f'<th scope="col"{span}>{escape(d)}</th>' for d in table.rows_by]
+        if level < levels - 1:
+            cells += [f'<th scope="colgroup" colspan="{n}">{escape(label)}</th>'
+                      for label, _, n in _groups(table.col_keys, level)]
+        else:
+            labels = column_labels(table) if levels == 1 else [key[-1] for key in table.col_keys]
+            cells += [f'<th scope="col">{escape(label)}</th>' for label in labels]
+        lines.append("<tr>" + "".join(cells) + "</tr>")
+    lines += ["</thead>", "<tbody>"]
+    for row in table.row_keys:
+        cells = [f'<th scope="row">{escape(label)}</th>' for label in row]
+        for col in table.col_keys:
+            text = escape(table.text(row, col) or "-")
+            cells.append(f"<td><strong>{text}</strong></td>" if (row, col) in table.best else f"<td>{text}</td>")
+        lines.append("<tr>" + "".join(cells) + "</tr>")
+    lines += ["</tbody>", "</table>"]
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS = {"md": to_markdown, "csv": to_csv, "latex": to_latex, "html": to_html}

@@ -1,0 +1,197 @@
+"""Benchmark suites: a YAML file (or several values on one command line) expanded to the cross product of runs.
+
+    suite: paper                      # a name, printed and recorded
+    data: udc-mini                    # or {name: synth:ROOT, split: test, limit: 8}
+    seeds: [0]                        # (or seed: 0)
+    models: [uformer, {name: nafnet, weights: ckpt.pth}]
+    attacks:                          # a list value of any parameter expands too
+      - {name: pgd, eps: [1/255, 2/255, 4/255, 8/255], steps: 20}
+      - {name: cw}
+    defenses: [none, purify, ft, purify+ft]
+    threats: [gray-box, adaptive]     # adaptive × none is gray-box × none: planned once
+    exclude:                          # combinations to leave out (every given key must match)
+      - {threat: adaptive, attack: simba}
+    device: auto                      # cpu | cuda | auto
+    batch_size: 1
+    precision: fp32                   # bf16: autocast on GPU
+    lpips: null                       # alex | vgg: also score LPIPS
+    eot: null
+
+Every key is checked: an unknown key, or an attack parameter the attack does not have, is an error naming the
+file and line. Expansion order — models, data, attacks (each parameter list in file order), defenses, threats,
+seeds — is the order runs are listed in.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from udcbench.errors import SpecError
+from udcbench.spec import AttackSpec, DataSpec, DefenseSpec, ModelSpec, RunSpec
+
+TOP_KEYS = ("suite", "description", "data", "split", "limit", "seed", "seeds", "models", "attacks", "defenses",
+            "threats", "exclude", "device", "batch_size", "precision", "lpips", "eot")
+EXCLUDE_KEYS = ("model", "attack", "eps", "defense", "threat", "seed", "data")
+ATTACK_KEYS = ("name", "objective", "mask")  # besides the attack's own parameters
+DATA_KEYS = ("name", "split", "limit")
+MODEL_KEYS = ("name", "weights")
+
+
+@dataclass
+class Suite:
+    name: str = "command line"
+    models: list[ModelSpec] = field(default_factory=lambda: [ModelSpec()])
+    data: list[DataSpec] = field(default_factory=lambda: [DataSpec()])
+    attacks: list[AttackSpec] = field(default_factory=lambda: [AttackSpec()])
+    defenses: list[str] = field(default_factory=lambda: ["none"])
+    threats: list[str] = field(default_factory=lambda: ["gray-box"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    device: str = "cpu"
+    batch_size: int = 1
+    precision: str = "fp32"
+    lpips: str | None = None
+    eot: int | None = None
+    exclude: list[dict] = field(default_factory=list)
+    skipped: int = 0  # adaptive × no-defense combinations folded into gray-box
+    excluded: int = 0
+
+    def specs(self) -> list[RunSpec]:
+        specs, self.skipped, self.excluded = [], 0, 0
+        for model, data, attack, defense, threat, seed in itertools.product(
+                self.models, self.data, self.attacks, self.defenses, self.threats, self.seeds):
+            if threat == "adaptive" and defense.strip() == "none" and "gray-box" in self.threats:
+                self.skipped += 1  # attacking "through" no defense is the gray-box run
+                continue
+            eps = dict(attack.params).get("eps")
+            values = {"model": model.name, "attack": attack.name, "eps": None if eps is None else str(eps),
+                      "defense": defense.strip(), "threat": threat, "seed": str(seed), "data": data.name}
+            if any(all(values[k] == str(v) for k, v in rule.items()) for rule in self.exclude):
+                self.excluded += 1
+                continue
+            specs.append(RunSpec(model=model, attack=attack, defense=DefenseSpec(defense), data=data, seed=seed,
+                                 device=self.device, threat=threat, lpips=self.lpips, eot=self.eot,
+                                 batch_size=self.batch_size, precision=self.precision))
+        return specs
+
+    def describe(self) -> str:
+        counts = [(len(self.models), "model"), (len(self.data), "dataset"), (len(self.attacks), "attack setting"),
+                  (len(self.defenses), "defense"), (len(self.threats), "threat model"), (len(self.seeds), "seed")]
+        return " × ".join(f"{n} {label}{'s' if n != 1 else ''}" for n, label in counts)
+
+
+def attack_settings(name: str, params: dict, objective="mse-clean", mask=None, where: str = "") -> list[AttackSpec]:
+    """One AttackSpec per combination of list-valued parameters (and objectives)."""
+    from udcbench.registry import ATTACKS
+
+    defaults = ATTACKS.get(name).info.get("defaults", {})
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise SpecError(f"{where}attack {name!r} has no parameter(s) {', '.join(unknown)}; its parameters are "
+                        f"{', '.join(defaults)}")
+    keys = list(params)
+    values = [v if isinstance(v, list) else [v] for v in params.values()]
+    objectives = objective if isinstance(objective, list) else [objective]
+    return [AttackSpec.of(name, objective=obj, mask=mask, **dict(zip(keys, combo)))
+            for combo in itertools.product(*values) for obj in objectives]
+
+
+def _where(path: Path, node) -> str:
+    return f"{path}:{node.start_mark.line + 1}: "
+
+
+def _check_keys(path: Path, node, allowed: tuple[str, ...], what: str, extra: tuple[str, ...] = ()) -> None:
+    """Unknown keys of a YAML mapping node are errors naming the line."""
+    if not isinstance(node, yaml.MappingNode):
+        raise SpecError(f"{_where(path, node)}{what} must be a mapping (key: value lines)")
+    for key, _ in node.value:
+        if key.value not in allowed + extra:
+            valid = ", ".join(allowed + extra)
+            raise SpecError(f"{_where(path, key)}unknown key {key.value!r} in {what}; valid keys: {valid}")
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate a suite file; errors name the file and the line."""
+    from udcbench.registry import ATTACKS
+
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"suite file {path} does not exist; pass a YAML file such as benchmarks/ci.yaml")
+    text = path.read_text()
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f"{mark.line + 1}" if mark is not None else "?"
+        raise SpecError(f"{path}:{line}: not valid YAML ({getattr(error, 'problem', error)}); fix the syntax") from None
+    if root is None:
+        raise SpecError(f"{path} is empty; a suite needs at least models and attacks (see benchmarks/ci.yaml)")
+    _check_keys(path, root, TOP_KEYS, "the suite")
+    nodes = {key.value: value for key, value in root.value}
+    suite = Suite(name=str(data.get("suite", path.stem)))
+    if "models" in data:
+        suite.models = []
+        for item, node in zip(_as_list(data["models"]), _items(nodes["models"])):
+            if isinstance(item, dict):
+                _check_keys(path, node, MODEL_KEYS, "a model")
+                suite.models.append(ModelSpec(str(item["name"]), item.get("weights")))
+            else:
+                suite.models.append(ModelSpec(str(item)))
+    data_value = data.get("data", "udc-mini")
+    split, limit = data.get("split", "test"), data.get("limit")
+    suite.data = []
+    for item, node in zip(_as_list(data_value), _items(nodes.get("data"))):
+        if isinstance(item, dict):
+            _check_keys(path, node, DATA_KEYS, "data")
+            suite.data.append(DataSpec(str(item["name"]), item.get("split", split), item.get("limit", limit)))
+        else:
+            suite.data.append(DataSpec(str(item), split, limit))
+    if "attacks" in data:
+        suite.attacks = []
+        for item, node in zip(_as_list(data["attacks"]), _items(nodes["attacks"])):
+            if isinstance(item, str):
+                item, node = {"name": item}, None
+            if node is not None:
+                name = item.get("name")
+                if name is None:
+                    raise SpecError(f"{_where(path, node)}an attack needs a name (e.g. name: pgd)")
+                try:
+                    params = ATTACKS.get(str(name)).info.get("defaults", {})
+                except SpecError as error:
+                    raise SpecError(f"{_where(path, node)}{error}") from None
+                _check_keys(path, node, ATTACK_KEYS, f"attack {name}", tuple(params))
+            params = {k: v for k, v in item.items() if k not in ATTACK_KEYS}
+            suite.attacks.extend(attack_settings(str(item["name"]), params, item.get("objective", "mse-clean"),
+                                                 item.get("mask")))
+    for rule, node in zip(_as_list(data.get("exclude", [])), _items(nodes.get("exclude"))):
+        _check_keys(path, node, EXCLUDE_KEYS, "an exclude rule")
+        suite.exclude.append(rule)
+    for key in ("defenses", "threats"):
+        if key in data:
+            setattr(suite, key, [str(v) for v in _as_list(data[key])])
+    if "seed" in data and "seeds" in data:
+        raise SpecError(f"{_where(path, nodes['seeds'])}give either seed or seeds, not both")
+    if "seed" in data or "seeds" in data:
+        suite.seeds = [int(v) for v in _as_list(data.get("seeds", data.get("seed")))]
+    for key in ("device", "batch_size", "precision", "lpips", "eot"):
+        if key in data:
+            setattr(suite, key, data[key])
+    empty = [key for key in ("models", "attacks", "defenses", "threats", "seeds") if not getattr(suite, key)]
+    if empty:
+        raise SpecError(f"{path}: {', '.join(empty)} is empty; list at least one value")
+    return suite
+
+
+def _items(node) -> list:
+    """The item nodes of a YAML sequence (a scalar stands for a one-item list)."""
+    if node is None:
+        return [None]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else [node]

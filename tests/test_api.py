@@ -55,3 +55,21 @@ def test_the_default_run_keeps_its_hash_across_versions():
     from udcbench.api import prepare
 
     assert prepare(RunSpec()).run_hash == "86ee3c7db3102317"
+
+
+def test_model_options_are_recorded_with_the_run_and_separate_runs():
+    """Uformer's training patch is part of the run: in every row (model_options) and, where it is not the
+    configuration's pre-options build (uformer-nano at 128), in the run hash."""
+    from udcbench.api import prepare
+
+    def job(model):
+        return prepare(RunSpec(model=ModelSpec(model, "random"), data=DataSpec(limit=1)))
+
+    small, large = job("uformer-t:train_patch=128"), job("uformer-t:train_patch=256")
+    assert small.labels["model_options"] == "train_patch=128" and large.labels["model_options"] == "train_patch=256"
+    assert small.labels["model"] == large.labels["model"] == "uformer-t"
+    assert small.run_hash != large.run_hash
+    assert job("uformer-t").run_hash == small.run_hash  # 128 is the default
+    nano = prepare(RunSpec())
+    assert nano.labels["model_options"] == "train_patch=128" and nano.run_hash == "86ee3c7db3102317"
+    assert prepare(RunSpec(model=ModelSpec("uformer-nano:train_patch=256"))).run_hash != nano.run_hash

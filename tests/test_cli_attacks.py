@@ -70,6 +70,9 @@ def test_l2_and_targeted_runs_and_attack_params(tmp_path):
     (["--attack", "lpips-pgd"], "alexnet-owt-7be5be79.pth"),
     (["--attack", "pgd-l2", "--eps", "-1"], "L2 eps must be positive"),
     (["--attack", "transfer", "--surrogate", "nosuch"], "unknown model 'nosuch'"),
+    (["--attack", "simba", "-p", "basis=dct", "-p", "iterations=49153"],
+     "iterations=49153 exceeds the 49152 basis directions of a 3×128×128 image"),
+    (["--attack", "simba", "-p", "iterations=49153"], "use -p iterations=49152 or fewer"),
 ])
 def test_bad_attack_options_are_one_line_and_write_nothing(tmp_path, monkeypatch, args, message):
     monkeypatch.setenv("UDCBENCH_LPIPS_DIR", str(tmp_path / "no-weights"))
@@ -97,3 +100,59 @@ def test_lpips_columns_with_weights_in_the_official_format(tmp_path, monkeypatch
     ((clean, attacked, versus),) = rows(out, "lpips_clean_gt, lpips_adv_gt, lpips_adv_clean")
     assert clean > 0 and attacked > 0 and versus > 0
     assert "attacked LPIPS" in (out / "leaderboard.md").read_text()
+
+
+def test_transfer_binds_the_datasets_inputs_to_a_surrogate_that_needs_them(tmp_path):
+    out = tmp_path / "transfer"
+    result = invoke("run", "--model", "uformer-nano", "--attack", "transfer", "--surrogate", "discnet-nano",
+                    "--steps", "2", "--limit", "1", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    ((attack, settings, queries, linf),) = rows(out, "attack, attack_settings, queries, linf")
+    assert attack == "transfer" and settings == "surrogate=discnet-nano" and queries == 0
+    assert 0 < linf <= 8 / 255 + 1e-6
+
+
+def test_a_surrogate_needing_inputs_the_dataset_lacks_is_refused_before_writing(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[1] / "udcbench/data/udc_mini/test"
+    for kind in ("input", "gt"):
+        (tmp_path / "pairs" / kind).mkdir(parents=True)
+        shutil.copy(source / kind / "astronaut_00.png", tmp_path / "pairs" / kind)
+    out = tmp_path / "never"
+    result = invoke("run", "--model", "uformer-nano", "--attack", "transfer", "--surrogate", "discnet-nano",
+                    "--data", str(tmp_path / "pairs"), "--out", str(out))
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "needs psf_code" in lines[0] and "discnet-nano" in lines[0], result.output
+    assert not out.exists()
+
+
+def test_simba_dct_runs_its_whole_budget_past_the_low_frequencies(tmp_path):
+    out = tmp_path / "simba"  # freq_dims 2: 12 low-frequency directions, then the higher shells
+    result = invoke("run", "--model", "nafnet-nano", "--attack", "simba", "-p", "basis=dct", "-p", "freq_dims=2",
+                    "-p", "iterations=30", "--limit", "1", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    ((iterations, queries),) = rows(out, "iterations, queries")
+    assert iterations == 30 and 31 <= queries <= 61
+    assert "iterations" in (out / "leaderboard.md").read_text()
+
+
+def test_cw_rows_show_the_size_of_delta_and_the_fixed_constant_form_is_a_setting(tmp_path):
+    out = tmp_path / "cw"
+    for extra in (["-p", "search_steps=1"], ["-p", "const=0.05"]):
+        result = invoke("run", "--model", "nafnet-nano", "--attack", "cw", "-p", "steps=3", "--limit", "1",
+                        "--out", str(out), *extra)
+        assert result.exit_code == 0, result.output
+    board = (out / "leaderboard.md").read_text()
+    assert "‖δ‖₂" in board and "‖δ‖∞" in board and "const=0.05" in board
+    assert "‖δ‖₂" in result.output
+
+
+def test_a_schedule_that_cannot_reach_eps_is_warned_about(tmp_path):
+    result = invoke("run", "--model", "nafnet-nano", "--attack", "ifgsm", "--eps", "2/255,8/255", "--steps", "2",
+                    "--limit", "1", "--out", str(tmp_path / "ifgsm"))
+    assert result.exit_code == 0, result.output
+    assert "warning: ifgsm: steps × alpha = 2 × 1/255 = 2/255 < eps 8/255" in " ".join(result.output.split())
+    assert "identical run" in result.output

@@ -22,9 +22,10 @@ from udcbench.defenses import make_defense
 from udcbench.errors import SpecError
 from udcbench.models import bundled_weights, load_model
 from udcbench.report import leaderboard
+from udcbench.report.identity import format_eps
 from udcbench.runner.execute import Job
 from udcbench.runner.store import ResultStore
-from udcbench.spec import PRECISIONS, THREATS, RunSpec, file_digest, stable_hash
+from udcbench.spec import PRECISIONS, SCORINGS, THREATS, RunSpec, describe_settings, file_digest, stable_hash
 
 
 def resolve_device(device: str) -> torch.device:
@@ -45,11 +46,13 @@ def _cached(cache: dict | None, key: tuple, make):
     return cache[key]
 
 
-def prepare(spec: RunSpec, cache: dict | None = None) -> Job:
-    """Validate and resolve a spec (model, weights, attack, defense, data) without writing anything.
+# configurations whose runs were hashed before model options existed, with the options they were built with:
+# at these values the options stay out of the hash, so their stored runs resume (uformer-t/-s/-b were built at
+# train_patch 256 then and default to 128 now: their hashes always include the options)
+HASHED_WITHOUT_OPTIONS = {"uformer-nano": {"train_patch": 128}}
 
-    `cache` (a dict kept across calls) makes the runs of a suite share one model, dataset and defense object per
-    distinct configuration — the planner needs that to share work, and purify:auto then calibrates once."""
+
+def _check_spec(spec: RunSpec) -> None:
     if spec.threat not in THREATS:
         raise SpecError(f"threat model {spec.threat!r} is not available; choose one of {', '.join(THREATS)}")
     if spec.seed < 0:
@@ -58,20 +61,72 @@ def prepare(spec: RunSpec, cache: dict | None = None) -> Job:
         raise SpecError(f"--batch-size must be a positive integer, got {spec.batch_size}")
     if spec.precision not in PRECISIONS:
         raise SpecError(f"unknown precision {spec.precision!r}; use fp32 or bf16 (bf16 autocast, for GPUs)")
-    device = resolve_device(spec.device)
-    attack = make_attack(spec.attack.name, **dict(spec.attack.params))
-    objective = make_objective(spec.attack.objective)
-    objective.check()
-    mask = parse_mask(spec.attack.mask)
-    mask_id = spec.attack.mask
-    if mask_id is not None and not mask_id.startswith("box:"):
-        mask_id = "file:" + file_digest(mask_id)
+    if spec.scoring not in SCORINGS:
+        raise SpecError(f"unknown scoring {spec.scoring!r}; use float (metrics on the float outputs) or 8bit "
+                        "(outputs rounded to 8 bits first)")
     if spec.lpips is not None:
         if spec.lpips not in ("alex", "vgg"):
             raise SpecError(f"--lpips takes alex or vgg, got {spec.lpips!r}")
         from udcbench.metrics.lpips import find_weights
 
         find_weights(spec.lpips)
+
+
+def _check_inputs(attack, model, dataset) -> None:
+    """Every input the model and the attack need is in the dataset, and the attack's budget fits its images —
+    checked on the first sample and the image sizes, before anything is written."""
+    info, first = model.info, dataset[0]
+    needed = [name for name in info.contract.extra_inputs if name not in first.extras]
+    if needed:
+        raise SpecError(f"model {info.name} needs {', '.join(needed)} for every image, and {dataset.info.name} "
+                        "supplies none; use a dataset that provides it (e.g. synth:ROOT with its "
+                        "PSF/kernel_code files, or udc-mini) or another model")
+    needed = [name for name in attack.required_inputs() if name not in first.extras]
+    if needed:
+        raise SpecError(f"attack {attack.name} needs {', '.join(needed)} for every image (for "
+                        f"{attack.params.get('surrogate', 'its own model')}), and {dataset.info.name} supplies none; "
+                        "use a dataset that provides it or pick a surrogate without extra inputs")
+    for height, width in sorted(dataset.image_sizes()):
+        attack.check_input((1, first.degraded.shape[0], height, width))
+
+
+def _weights_id(info) -> str:
+    if info.weights.startswith("bundled:"):
+        return "bundled:" + file_digest(bundled_weights(info.name))
+    if info.weights.startswith("none"):
+        return "none"
+    if info.weights == "random":
+        return "random"
+    return "file:" + file_digest(info.weights)
+
+
+def attack_warnings(attack) -> list[str]:
+    """Settings that run but mislead: a step schedule that cannot reach the budget makes every larger eps the
+    same run (without a random start, identically so)."""
+    params = attack.params
+    eps, alpha, steps = params.get("eps"), params.get("alpha"), params.get("steps")
+    if not all(isinstance(v, (int, float)) for v in (eps, alpha, steps)) or attack.norm not in ("linf", "l2"):
+        return []
+    reach = alpha * steps
+    if reach >= eps * (1 - 1e-9):
+        return []
+    identical = "" if params.get("random_start") else " (no random start: every eps ≥ that gives an identical run)"
+    return [f"{attack.name}: steps × alpha = {steps} × {format_eps(alpha, attack.norm)} = "
+            f"{format_eps(reach, attack.norm)} < eps {format_eps(eps, attack.norm)}, so δ cannot reach the "
+            f"budget{identical}; raise --steps or --alpha"]
+
+
+def prepare(spec: RunSpec, cache: dict | None = None) -> Job:
+    """Validate and resolve a spec (model, weights, attack, defense, data) without writing anything.
+
+    `cache` (a dict kept across calls) makes the runs of a suite share one model, dataset and defense object per
+    distinct configuration — the planner needs that to share work, and purify:auto then calibrates once."""
+    _check_spec(spec)
+    device = resolve_device(spec.device)
+    attack = make_attack(spec.attack.name, **dict(spec.attack.params))
+    objective = make_objective(spec.attack.objective)
+    objective.check()
+    mask = parse_mask(spec.attack.mask)
     model_key = ("model", spec.model.name, spec.model.weights, str(device),
                  spec.seed if spec.model.weights == "random" else None)
     data_key = ("data", spec.data.name, spec.data.split, spec.data.limit)
@@ -80,55 +135,58 @@ def prepare(spec: RunSpec, cache: dict | None = None) -> Job:
                                                             limit=spec.data.limit))
     model = _cached(cache, model_key, lambda: load_model(spec.model.name, weights=spec.model.weights,
                                                          device=device, seed=spec.seed))
-    info = model.info
-    needed = [name for name in info.contract.extra_inputs if name not in dataset[0].extras]
-    if needed:  # checked on the first sample, before anything is written
-        raise SpecError(f"model {info.name} needs {', '.join(needed)} for every image, and {dataset.info.name} "
-                        "supplies none; use a dataset that provides it (e.g. synth:ROOT with its "
-                        "PSF/kernel_code files, or udc-mini) or another model")
-    if info.weights.startswith("bundled:"):
-        weights_id = "bundled:" + file_digest(bundled_weights(info.name))
-    elif info.weights.startswith("none"):
-        weights_id = "none"
-    elif info.weights == "random":
-        weights_id = f"random:{spec.seed}"
-    else:
-        weights_id = "file:" + file_digest(info.weights)
+    _check_inputs(attack, model, dataset)
     defense = _cached(cache, ("defense", spec.defense.spec, model_key, data_key, spec.seed),
                       lambda: _ready_defense(defense, model, dataset, spec.seed, device))
+    resolved, labels = _identity(spec, model.info, attack, objective, defense, dataset, device)
+    adaptive_attack, draws = None, None
+    if spec.threat == "adaptive":
+        adaptive_attack, draws = adaptive_attack_for(attack, defense, spec.eot)
+        resolved["eot"] = labels["eot"] = draws
+    return Job(run_hash=stable_hash(resolved), model=model, attack=attack, objective=objective, defense=defense,
+               dataset=dataset, device=device, labels=labels, mask=mask, lpips_net=spec.lpips,
+               adaptive_attack=adaptive_attack, batch_size=spec.batch_size, precision=spec.precision, spec=spec,
+               warnings=attack_warnings(attack))
+
+
+def _identity(spec: RunSpec, info, attack, objective, defense, dataset, device) -> tuple[dict, dict]:
+    """(what the run hash covers, the labels written into every row). Settings at their defaults stay out of
+    the hash, so runs keep the hashes of earlier versions."""
+    weights_id = _weights_id(info)
+    if weights_id == "random":
+        weights_id = f"random:{spec.seed}"
     defense_record = defense.record(info.name)
+    options = dict(info.extra.get("options") or {})
     data_id = dataset.info.identity
     resolved = {"model": info.name, "weights": weights_id, "attack": attack.name, "params": attack.params,
                 "objective": objective.name, "defense": defense.spec, "data": data_id, "split": spec.data.split,
                 "seed": spec.seed, "threat": spec.threat, "device": device.type}
-    if mask_id is not None:  # only when set, so runs without one keep the hashes of earlier versions
-        resolved["mask"] = mask_id
+    if spec.attack.mask is not None:
+        mask = spec.attack.mask
+        resolved["mask"] = mask if mask.startswith("box:") else "file:" + file_digest(mask)
     if spec.lpips is not None:
         resolved["lpips"] = spec.lpips
     if attack.params.get("surrogate_weights"):
         resolved["surrogate_weights"] = "file:" + file_digest(attack.params["surrogate_weights"])
     if getattr(objective, "target", "input") != "input":
         resolved["target"] = "file:" + file_digest(objective.target)
-    if defense_record:  # only when set, so undefended runs keep the hashes of earlier versions
+    if defense_record:
         resolved["defense_params"] = [{k: v for k, v in part.items() if k != "auto"} for part in defense_record]
-    adaptive_attack, draws = None, None
-    if spec.threat == "adaptive":
-        adaptive_attack, draws = adaptive_attack_for(attack, defense, spec.eot)
-        resolved["eot"] = draws
+    if options and options != HASHED_WITHOUT_OPTIONS.get(info.name):
+        resolved["model_options"] = options
+    for key, default in (("batch_size", 1), ("precision", "fp32"), ("scoring", "float")):
+        if getattr(spec, key) != default:
+            resolved[key] = getattr(spec, key)
     labels = {"model": info.name, "weights": info.weights, "defense": defense.spec, "threat": spec.threat,
-              "defense_params": json.dumps(defense_record, sort_keys=True) if defense_record else None, "eot": draws,
+              "defense_params": json.dumps(defense_record, sort_keys=True) if defense_record else None, "eot": None,
               "attack": attack.name, "objective": objective.name, "norm": attack.norm, "mask": spec.attack.mask,
-              "eps": attack.params.get("eps"),
-              "alpha": attack.params.get("alpha"), "steps": attack.params.get("steps"), "data": data_id,
-              "split": spec.data.split, "seed": spec.seed, "device": str(device), "batch_size": spec.batch_size,
-              "precision": spec.precision}
-    if spec.batch_size != 1:  # batches draw once for all their images; only when set, so hashes stay
-        resolved["batch_size"] = spec.batch_size
-    if spec.precision != "fp32":
-        resolved["precision"] = spec.precision
-    return Job(run_hash=stable_hash(resolved), model=model, attack=attack, objective=objective, defense=defense,
-               dataset=dataset, device=device, labels=labels, mask=mask, lpips_net=spec.lpips,
-               adaptive_attack=adaptive_attack, batch_size=spec.batch_size, precision=spec.precision, spec=spec)
+              "eps": attack.params.get("eps"), "alpha": attack.params.get("alpha"),
+              "steps": attack.params.get("steps"), "data": data_id, "split": spec.data.split, "seed": spec.seed,
+              "device": str(device), "batch_size": spec.batch_size, "precision": spec.precision,
+              "scoring": spec.scoring, "weights_digest": weights_id,
+              "attack_settings": describe_settings(dict(spec.attack.params)) or "",
+              "model_options": ", ".join(f"{k}={v}" for k, v in sorted(options.items()))}
+    return resolved, labels
 
 
 def _ready_defense(defense, model, dataset, seed: int, device):

@@ -31,46 +31,58 @@ def fail(error: Exception) -> None:
 SHORT_LABELS = {"psnr_clean_gt": "clean PSNR", "ssim_clean_gt": "clean SSIM", "psnr_adv_gt": "attacked PSNR",
                 "ssim_adv_gt": "attacked SSIM", "psnr_adv_clean": "PSNR vs clean out",
                 "ssim_adv_clean": "SSIM vs clean out", "lpips_clean_gt": "clean LPIPS",
-                "lpips_adv_gt": "attacked LPIPS", "lpips_adv_clean": "LPIPS vs clean out"}
+                "lpips_adv_gt": "attacked LPIPS", "lpips_adv_clean": "LPIPS vs clean out", "l2": "‖δ‖₂",
+                "linf": "‖δ‖∞", "run_hash": "run"}
 DEFENDED_LABELS = {"psnr_clean_gt_undefended": "clean\nPSNR", "ssim_clean_gt_undefended": "clean\nSSIM",
                    "psnr_adv_gt_undefended": "attacked\nPSNR", "ssim_adv_gt_undefended": "attacked\nSSIM",
                    "psnr_clean_gt": "defended\nclean\nPSNR", "ssim_clean_gt": "defended\nclean\nSSIM",
                    "psnr_clean_loss": "clean\nloss\ndB", "psnr_adv_gt": "defended\nattacked\nPSNR",
                    "ssim_adv_gt": "defended\nattacked\nSSIM", "psnr_adv_clean": "defended\nvs clean\nout PSNR"}
 ALWAYS_SHOWN = ("model", "defense", "attack", "eps")
+NONE_SHOWN = {"const": "unset"}  # how `list attacks` shows a None default that does not mean "chosen for you"
 
 
 def show_table(frame, title: str) -> None:
     """The leaderboard as a rich table; key columns with one value for all rows move into the caption."""
-    from udcbench.report.leaderboard import KEYS
-
+    from udcbench.report.identity import DEFAULT_LABELS, KEYS, RUN, SETTINGS, shown_columns
     from udcbench.report.leaderboard import has_defense
 
     always = ("defense",) if has_defense(frame) else ALWAYS_SHOWN  # defended tables are wide: keep only defense
-    constant = [c for c in KEYS if c in frame and c not in always and frame[c].nunique(dropna=False) <= 1 and len(frame)]
-    shown = [c for c in frame.columns if c not in constant]
+    keys = [c for c in KEYS + SETTINGS if c in frame]
+    constant = [c for c in keys if c not in always and frame[c].nunique(dropna=False) <= 1 and len(frame)]
+    hidden = set(constant)
+    if RUN in frame and RUN not in shown_columns(frame):
+        hidden.add(RUN)  # shown only when runs share every label
+    constant = [c for c in constant if c in KEYS or (c != "weights_digest" and frame[c].iloc[0] != "-"
+                                                     and (c == "scoring" or frame[c].iloc[0] != DEFAULT_LABELS.get(c)))]
+    shown = [c for c in frame.columns if c not in hidden]
     labels = dict(SHORT_LABELS)
     if has_defense(frame):  # clean / attacked (bare model) first, then the defended outputs
         labels.update(DEFENDED_LABELS)
         shown = [c for c in shown if c != "ssim_adv_clean"]
     caption = " · ".join(f"{c} {frame[c].iloc[0]}" for c in constant)
     table = Table(title=title, title_justify="left", caption=caption or None, caption_justify="left")
-    for column in shown:
+    rows = [[_cell_text(column, value) for column, value in zip(shown, values)]
+            for values in frame[shown].itertuples(index=False)]
+    for index, column in enumerate(shown):
+        # every value stays whole (long labels fold onto more lines); headers wrap to make room
+        widest = max([len(row[index]) for row in rows] + [1])
         numeric = frame[column].dtype.kind in "fi"
         table.add_column(labels.get(column, column), justify="right" if numeric else "left",
-                         no_wrap=numeric or column in ("model", "eps", "weights", "defense", "threat"))
-    for values in frame[shown].itertuples(index=False):
-        cells = []
-        for column, value in zip(shown, values):
-            if isinstance(value, float) and value != value:
-                cells.append("-")
-            elif isinstance(value, float):
-                digits = {"ssim": 4, "lpips": 4, "queries": 0}.get(column.split("_")[0], 4 if "SSIM" in column else 2)
-                cells.append(f"{value:.{digits}f}")
-            else:
-                cells.append(str(value))
-        table.add_row(*cells)
+                         min_width=min(widest, 24), overflow="fold")
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
+
+
+def _cell_text(column: str, value) -> str:
+    if isinstance(value, float) and value != value:
+        return "-"
+    if isinstance(value, float):
+        digits = {"ssim": 4, "lpips": 4, "queries": 0, "iterations": 0, "l2": 4, "linf": 4}.get(
+            column.split("_")[0], 4 if "SSIM" in column else 2)
+        return f"{value:.{digits}f}"
+    return str(value)
 
 
 def invoked_command() -> str:
@@ -158,22 +170,24 @@ def list_(kind: Kind = typer.Argument(..., help="What to list.")) -> None:
     if kind is Kind.models:
         import torch
 
-        for column in ("name", "family", "parameters", "weights", "input contract", "paper"):
+        for column in ("name", "family", "parameters", "weights", "input contract", "options", "paper"):
             table.add_column(column, no_wrap=column in ("name", "parameters"))
         for entry in entries:
             with torch.device("meta"):
                 count = sum(p.numel() for p in entry.factory().parameters())
+            options = ", ".join(f"{k}={o.default}" for k, o in entry.info.get("options", {}).items())
             table.add_row(entry.name, entry.info.get("family", ""), f"{count / 1e6:.2f} M",
                           "training-free" if entry.info.get("weights_free") else
                           "bundled" if bundled_weights(entry.name) else "--weights FILE|random",
-                          entry.info["contract"].describe(), entry.info.get("paper", ""))
+                          entry.info["contract"].describe(), options or "-", entry.info.get("paper", ""))
     elif kind is Kind.attacks:
         for column in ("name", "kind", "norm", "defaults", "paper"):
             table.add_column(column, no_wrap=column == "name")
         for entry in entries:
             norm = entry.info.get("norm", "linf")
-            defaults = ", ".join(f"{k}={'auto' if v is None else format_eps(v, norm) if k == 'eps' else v}"
-                                 for k, v in entry.info.get("defaults", {}).items())
+            defaults = ", ".join(
+                f"{k}={NONE_SHOWN.get(k, 'auto') if v is None else format_eps(v, norm) if k == 'eps' else v}"
+                for k, v in entry.info.get("defaults", {}).items())
             table.add_row(entry.name, entry.info.get("kind", ""), entry.info.get("norm", ""), defaults,
                           entry.info.get("paper", ""))
     elif kind is Kind.datasets:

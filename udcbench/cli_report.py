@@ -57,7 +57,8 @@ def leaderboard_(
                                        "model,defense (default; + threat when there are several)."),
     cols: Optional[str] = typer.Option(None, "--cols", help="Pivot table: dimensions across, e.g. attack,eps "
                                        "(default). Dimensions: model, weights, defense, threat, attack, objective, "
-                                       "eps, steps, seed, data, split, norm, eot, mask."),
+                                       "eps, steps, seed, data, split, norm, eot, mask, settings, batch_size, "
+                                       "precision, scoring, model_options, weights_digest, device, run."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Pivot table: psnr_gt (default), ssim_gt, "
                                          "lpips_gt, psnr_clean_out, ssim_clean_out, clean_psnr_gt, clean_ssim_gt "
                                          "or a metric column."),

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from udcbench.cli import app, attack_variant, console, errors, fail, parse_attack_params, show_table
@@ -45,8 +46,9 @@ def command_line_suite(models, attacks, defenses, eps_values, threats, seed, nor
 
 @app.command()
 def run(
-    model: list[str] = typer.Option([], "--model", "-m", help="Model name or family (`udcbench list models`); "
-                                    "repeat or comma-separate for several (default uformer)."),
+    model: list[str] = typer.Option([], "--model", "-m", help="Model name or family (`udcbench list models`), "
+                                    "with options as NAME:KEY=VALUE (e.g. uformer-t:train_patch=256); repeat or "
+                                    "comma-separate for several (default uformer)."),
     attack: list[str] = typer.Option([], "--attack", "-a", help="Attack name (`udcbench list attacks`); repeat or "
                                      "comma-separate for several (default pgd)."),
     defense: list[str] = typer.Option([], "--defense", "-d", help="Defense spec; compose with '+', e.g. a+b; "
@@ -85,6 +87,8 @@ def run(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch (default 1; a batch "
                                              "draws its random starts once, so it is part of the run's identity)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 (default) or bf16 (autocast, for GPUs)."),
+    scoring: Optional[str] = typer.Option(None, "--scoring", help="float (default: metrics on the float outputs) "
+                                          "or 8bit (outputs rounded to 8 bits first, as papers that save PNGs)."),
     executor: str = typer.Option("local", "--executor", help="local (default) or ray: run the planned jobs as "
                                  "Ray tasks."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (auto, or host:port); "
@@ -117,7 +121,8 @@ def run(
                 split_values(eps, None) if eps else [], split_values(threat, "gray-box"), seed, norm, params,
                 objective, mask, weights, data, split, limit)
             plan_suite.lpips, plan_suite.eot = lpips, eot
-        for key, value in (("device", device), ("batch_size", batch_size), ("precision", precision)):
+        for key, value in (("device", device), ("batch_size", batch_size), ("precision", precision),
+                           ("scoring", scoring)):
             if value is not None:
                 setattr(plan_suite, key, value)
         specs = plan_suite.specs()
@@ -157,6 +162,8 @@ def run_single(spec, out: Path) -> None:
                   f"· threat {job.labels['threat']} "
                   f"· {job.dataset.info.name} ({len(job.dataset)} images) · seed {spec.seed} · {job.device} · "
                   f"run {job.run_hash}")
+    for warning in job.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     bar, progress = progress_bar(len(job.dataset), "attacking")
     with bar:
         frame = api.run(spec, out=out, progress=progress, job=job)
@@ -177,6 +184,8 @@ def run_many(plan_suite, specs, out: Path, executor: str, address, gpus_per_task
     console.print(f"{name}: {len(plan.jobs)} runs = {plan_suite.describe()}{folded} · {plan.images} (run, image) "
                   f"rows · seed{'s' if len(plan_suite.seeds) > 1 else ''} {', '.join(map(str, plan_suite.seeds))} · "
                   f"{first.device} · batch {first.batch_size} · {first.precision} · executor {executor}")
+    for warning in dict.fromkeys(w for job in plan.jobs for w in job.warnings):
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     bar, progress = progress_bar(plan.images, "running")
     try:
         with bar:

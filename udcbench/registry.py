@@ -22,6 +22,19 @@ class Entry:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Option:
+    """One configuration option of a registered entry (`register_model(..., options={"key": Option(...)})`).
+
+    `parse` turns the command-line text (`NAME:key=value`) into the value and raises ValueError with the
+    reason when the text is not acceptable; `help` is one line for listings and error messages.
+    """
+
+    default: Any
+    help: str
+    parse: Callable[[str], Any] = str
+
+
 class Registry:
     """A small name -> Entry map for one kind of thing."""
 

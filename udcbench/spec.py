@@ -15,6 +15,7 @@ from typing import Any
 
 THREATS = ("gray-box", "adaptive")
 PRECISIONS = ("fp32", "bf16")
+SCORINGS = ("float", "8bit")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class RunSpec:
     # or 2 for a randomised defense)
     batch_size: int = 1  # images per attack batch (>1: one seeded draw per batch, so it enters the run hash)
     precision: str = "fp32"  # or "bf16": autocast of the model passes
+    scoring: str = "float"  # or "8bit": score the outputs rounded to 8 bits, as papers that save PNGs do
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,6 +76,25 @@ class RunSpec:
         return RunSpec(model=ModelSpec(**data.get("model", {})), attack=AttackSpec(**attack),
                        defense=DefenseSpec(**data.get("defense", {})), data=DataSpec(**data.get("data", {})),
                        **{k: v for k, v in data.items() if k not in ("model", "attack", "defense", "data")})
+
+
+def _setting_text(key: str, value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        steps = value * 255
+        if key == "alpha" and abs(steps - round(steps)) < 1e-6 and round(steps) > 0:
+            return f"{round(steps)}/255"
+        return f"{value:.6g}"
+    return str(value)
+
+
+def describe_settings(params: dict) -> str | None:
+    """The attack parameters a user set, besides eps and steps (which have leaderboard columns of their own),
+    as one label: {'alpha': 1/255, 'restarts': 3} -> 'alpha=1/255, restarts=3'; None when there are none."""
+    parts = [f"{key}={_setting_text(key, params[key])}" for key in sorted(params)
+             if key not in ("eps", "steps") and params[key] is not None]
+    return ", ".join(parts) or None
 
 
 def stable_hash(resolved: dict) -> str:

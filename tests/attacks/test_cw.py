@@ -5,6 +5,8 @@ from udcbench.attacks import make_attack, make_objective
 from udcbench.errors import SpecError
 from udcbench.metrics import psnr
 
+from attack_helpers import assert_every_evaluation_goes_through_value
+
 FAST = {"steps": 30, "search_steps": 4}
 
 
@@ -114,3 +116,70 @@ def test_defaults_and_validation():
             make_attack("cw", **bad)
     with pytest.raises(SpecError, match="eps"):
         make_attack("cw", eps=1.0)
+
+
+# the fixed trade-off form (const = c): minimise ‖δ‖₂² − c·N·MSE(f(y'), reference) for one c, no search
+FIXED = {"steps": 30}
+CONSTS = (0.02, 0.05, 0.3)  # the tiny net's useful range: y stays put below c ≈ 0.01, PSNR saturates above ≈ 1
+
+
+def test_fixed_const_attacked_psnr_falls_as_the_constant_grows(tiny_model, images):
+    degraded, gt = images[0][:2], images[1][:2]
+    runs = [attack_once("cw", tiny_model, degraded, gt, const=c, **FIXED) for c in CONSTS]
+    achieved = torch.stack([run[3] for run in runs])  # (constants, images): PSNR of f(y') against f(y)
+    norms = torch.stack([l2(run[0] - degraded) for run in runs])
+    assert torch.all(achieved[0] < 25.0)  # already in the range where c matters (y itself is ≈ 69 dB)
+    assert torch.all(achieved[1:] < achieved[:-1] - 0.2)  # strictly lower on every image, by a margin
+    assert torch.all(norms[1:] > norms[:-1])  # bought with a larger δ
+    for adversarial, value, before, _ in runs:
+        assert adversarial.min() >= 0 and adversarial.max() <= 1 and torch.all(value > before)
+
+
+def test_fixed_const_means_the_same_at_any_image_size(tiny_model):
+    """c trades summed squared errors for summed squared perturbation, so a 64×64 image needs no other c."""
+    generator = torch.Generator().manual_seed(3)
+    large = torch.rand(1, 3, 64, 64, generator=generator)
+    small = large[..., 16:48, 16:48].contiguous()
+    psnr_large = attack_once("cw", tiny_model, large, large, const=0.05, steps=20)[3]
+    psnr_small = attack_once("cw", tiny_model, small, small, const=0.05, steps=20)[3]
+    assert psnr_large.item() < 25.0 and psnr_small.item() < 25.0  # both moved (a bare MSE would move neither)
+    assert abs(psnr_large.item() - psnr_small.item()) < 0.5  # measured: 0.1 dB
+
+
+@pytest.mark.parametrize("objective", ["mse-clean", "mse-gt", "targeted:input"])
+def test_fixed_const_objective_never_below_the_start(tiny_model, images, objective):
+    degraded, gt = images[0][:2], images[1][:2]
+    for const in (1e-3, 0.05):
+        adversarial, value, before, _ = attack_once("cw", tiny_model, degraded, gt, objective=objective,
+                                                    const=const, steps=20)
+        assert torch.all(value >= before - 1e-7)
+        assert adversarial.min() >= 0 and adversarial.max() <= 1
+
+
+def test_fixed_const_below_the_useful_range_returns_y(tiny_model, images):
+    """At c = 1e-3 no iterate's loss ‖δ‖² − c·N·MSE beats y's (‖δ‖ = 0): y is returned, not Adam's last step."""
+    degraded, gt = images
+    adversarial = attack_once("cw", tiny_model, degraded, gt, const=1e-3, steps=20)[0]
+    assert torch.equal(adversarial, degraded)
+
+
+def test_fixed_const_is_deterministic_and_evaluates_through_value(tiny_model, images):
+    degraded, gt = images[0][:2], images[1][:2]
+    a = attack_once("cw", tiny_model, degraded, gt, seed=1, const=0.1, steps=5)[0]
+    b = attack_once("cw", tiny_model, degraded, gt, seed=2, const=0.1, steps=5)[0]
+    assert torch.equal(a, b)
+    assert_every_evaluation_goes_through_value(make_attack("cw", const=0.1, steps=3), tiny_model, degraded, gt)
+
+
+def test_fixed_const_params_and_validation():
+    assert make_attack("cw", const=2).params == {"const": 2.0, "steps": 100, "lr": 0.01}
+    assert make_attack("cw", const=0.5, steps=7, lr=0.05, search_steps=9).params == \
+        {"const": 0.5, "steps": 7, "lr": 0.05}  # a search parameter at its default is accepted
+    assert "const" not in make_attack("cw", const=None).params  # None: the minimum-norm form, as before
+    for bad in (0.0, -1.0, float("nan"), float("inf"), "1/2", True):
+        with pytest.raises(SpecError, match="const .* must be a positive finite number"):
+            make_attack("cw", const=bad)
+    with pytest.raises(SpecError, match="search_steps=4 would be ignored"):
+        make_attack("cw", const=1.0, search_steps=4)
+    with pytest.raises(SpecError, match="target_psnr=30.0, abort_early=False would be ignored"):
+        make_attack("cw", const=1.0, target_psnr=30.0, abort_early=False)

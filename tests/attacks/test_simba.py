@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from udcbench.attacks import make_attack, make_objective
-from udcbench.attacks.simba import dct_matrix
+from udcbench.attacks.simba import dct_matrix, shell_index
 from udcbench.errors import SpecError
 
 from attack_helpers import CountingModel, run_attack
@@ -24,7 +24,9 @@ def test_registration_and_defaults():
     attack = make_attack("simba")
     assert (attack.name, attack.norm, attack.kind) == ("simba", "linf", "black-box")
     assert attack.params == {"eps": 4 / 255, "iterations": 1000, "basis": "pixel", "freq_dims": None,
-                             "order": "random"}
+                             "order": "random"}  # no stride: pixel runs keep their parameters and run hashes
+    assert make_attack("simba", basis="dct").params == {"eps": 4 / 255, "iterations": 1000, "basis": "dct",
+                                                       "freq_dims": None, "stride": 1, "order": "random"}
 
 
 @pytest.mark.parametrize("params", [{"basis": "pixel"}, {"basis": "dct"}, {"basis": "dct", "freq_dims": 32}])
@@ -91,14 +93,6 @@ def test_query_counts_are_exact(tiny_model, images):
     assert counting.images == queries.sum().item()
 
 
-def test_dct_stops_when_its_frequencies_are_used_up(tiny_model, images):
-    degraded, gt = images
-    _, _, _, attack = attack_once(tiny_model, degraded, gt, eps=4 / 255, iterations=1000, basis="dct")
-    directions = 3 * (32 // 8) ** 2  # default freq_dims = 32 // 8
-    assert torch.all(attack.last_queries <= 2 * directions + 1)
-    assert torch.all(attack.last_queries >= directions + 1)
-
-
 def test_dct_matrix_is_orthonormal():
     for size in (1, 7, 32):
         matrix = dct_matrix(size, torch.float64)
@@ -145,7 +139,169 @@ def test_native_pgd_beats_simba_at_equal_eps(tiny_model, images):
     ({"eps": 0.0}, "eps"), ({"eps": 2.0}, "eps"), ({"iterations": -1}, "iterations"),
     ({"iterations": 2.5}, "iterations"), ({"basis": "wavelet"}, "pixel, dct"), ({"order": "strided"}, "random"),
     ({"freq_dims": 4}, "basis='dct'"), ({"basis": "dct", "freq_dims": 0}, "freq_dims"),
+    ({"stride": 2}, "basis='dct'"), ({"basis": "dct", "stride": 0}, "stride"),
+    ({"basis": "dct", "stride": 1.5}, "stride"),
 ])
 def test_rejects_bad_parameters(params, message):
     with pytest.raises(SpecError, match=message):
         make_attack("simba", **params)
+
+
+# --- the DCT order past the initial block, iterations run, and the budget check ---
+
+def reference_block_order(batch, channels, height, width, freq_dims, order, generator):
+    """udcbench's DCT order before the shells were added (copied from it): the initial block only, as
+    (channel, u, v) tensors of shape (B, C·fh·fw)."""
+    side = freq_dims or max(min(height, width) // 8, 1)
+    fh, fw = min(side, height), min(side, width)
+    count = channels * fh * fw
+    index = torch.arange(count)
+    keys = ((index // fw) % fh + index % fw).to(torch.float64).expand(batch, count)
+    if order == "random":
+        keys = keys + torch.rand(batch, count, generator=generator, dtype=torch.float64)
+    found = torch.argsort(keys, dim=1, stable=True)
+    return found // (fh * fw), (found // fw) % fh, found % fw
+
+
+def reference_shells(height, width, fh, fw, stride):
+    """Shell k ≥ 1: the (u, v) with u < fh + k·stride, v < fw + k·stride not in an earlier shell (0: the block)."""
+    shells = torch.full((height, width), -1, dtype=torch.int64)
+    shells[:fh, :fw] = 0
+    k = 0
+    while (shells < 0).any():
+        k += 1
+        region = shells[:fh + k * stride, :fw + k * stride]
+        region[region < 0] = k
+    return shells
+
+
+def full_order(shape, generator, **params):
+    channels, height, width = shape[1:]
+    attack = make_attack("simba", basis="dct", iterations=channels * height * width, **params)
+    return attack._order(shape, generator)
+
+
+SHAPES = [(2, 3, 16, 16), (2, 3, 12, 20), (1, 2, 20, 9)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("params", [{}, {"order": "fixed"}, {"freq_dims": 5, "stride": 3},
+                                    {"freq_dims": 3, "stride": 2, "order": "fixed"}])
+def test_dct_order_covers_every_direction_and_keeps_the_old_block_first(shape, params):
+    batch, channels, height, width = shape
+    order = full_order(shape, torch.Generator().manual_seed(11), **params)
+    count = channels * height * width
+    assert order.shape == (batch, count) and order.dtype == torch.int64
+    assert torch.equal(order.sort(dim=1).values, torch.arange(count).expand(batch, count))  # a permutation
+    channel, u, v = order // (height * width), (order // width) % height, order % width
+    expected = reference_block_order(batch, channels, height, width, params.get("freq_dims"),
+                                     params.get("order", "random"), torch.Generator().manual_seed(11))
+    block = expected[0].shape[1]
+    for mine, theirs in zip((channel, u, v), expected):
+        assert torch.equal(mine[:, :block], theirs)
+    fh, fw = int(u[:, :block].max()) + 1, int(v[:, :block].max()) + 1
+    shells = reference_shells(height, width, fh, fw, params.get("stride", 1))
+    assert torch.equal(shell_index(height, width, (fh, fw), params.get("stride", 1)), shells)
+    along = shells[u, v]
+    assert torch.all(along[:, :block] == 0) and torch.all(along[:, block:] >= 1)
+    assert torch.all(along[:, 1:] >= along[:, :-1])  # shell by shell, outwards
+
+
+def test_dct_shells_are_the_originals_l_shapes_for_a_square_image():
+    shells = shell_index(12, 12, (4, 4), 4)  # initial block 4, stride 4: two L-shaped shells of width 4
+    assert torch.all(shells[:4, :4] == 0)
+    assert torch.all(shells[:8, 4:8] == 1) and torch.all(shells[4:8, :4] == 1)
+    assert torch.all(shells[:12, 8:] == 2) and torch.all(shells[8:, :8] == 2)
+
+
+def test_dct_order_is_random_within_shells_and_fixed_is_deterministic():
+    shape = (2, 3, 16, 16)
+    a = full_order(shape, torch.Generator().manual_seed(1))
+    b = full_order(shape, torch.Generator().manual_seed(2))
+    assert not torch.equal(a[0], a[1]) and not torch.equal(a, b)  # random per image and per seed
+    assert torch.equal(a, full_order(shape, torch.Generator().manual_seed(1)))
+    generator = torch.Generator().manual_seed(1)
+    state = generator.get_state()
+    fixed = full_order(shape, generator, order="fixed")
+    assert torch.equal(generator.get_state(), state)  # "fixed" draws nothing
+    assert torch.equal(fixed, full_order(shape, torch.Generator().manual_seed(2), order="fixed"))
+    assert torch.equal(fixed[0], fixed[1])
+
+
+def test_a_budget_within_the_block_draws_what_it_drew_before():
+    shape = (2, 3, 32, 32)
+    generator, reference = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    order = make_attack("simba", basis="dct", iterations=48)._order(shape, generator)  # 3 · (32 // 8)²
+    reference_block_order(*shape, None, "random", reference)
+    assert order.shape == (2, 48)
+    assert torch.equal(generator.get_state(), reference.get_state())  # the shells' numbers are not drawn
+
+
+def small(images, side=4):
+    """Two images, side × side: few directions, so a budget past the DCT block stays fast."""
+    return tuple(image[:2, :, :side, :side].contiguous() for image in images)
+
+
+@pytest.mark.parametrize("params", [{"basis": "pixel"}, {"basis": "dct"}, {"basis": "dct", "stride": 3}])
+def test_runs_exactly_its_iterations_past_the_initial_block(tiny_model, images, params):
+    degraded, gt = small(images)
+    iterations = 20  # of 3 · 4 · 4 = 48 directions; the default DCT block is 3 · 1² = 3 of them
+    counting = CountingModel(tiny_model)
+    objective = make_objective("mse-clean")
+    with torch.no_grad():
+        reference = objective.reference(tiny_model(degraded), gt)
+    attack = make_attack("simba", eps=4 / 255, iterations=iterations, **params)
+    adversarial = attack.perturb(counting, degraded, objective, reference, torch.Generator().manual_seed(0))
+    assert attack.last_iterations.dtype == torch.int64 and attack.last_iterations.device.type == "cpu"
+    assert torch.equal(attack.last_iterations, torch.full((2,), iterations))
+    queries = attack.last_queries
+    assert torch.all(queries >= iterations + 1) and torch.all(queries <= 2 * iterations + 1)
+    assert counting.images == queries.sum().item()
+    assert (adversarial - degraded).abs().max() <= 4 / 255 + 1e-6
+
+
+def test_dct_directions_past_the_block_raise_the_objective(tiny_model, images):
+    degraded, gt = small(images)
+    block = attack_once(tiny_model, degraded, gt, eps=4 / 255, iterations=3, basis="dct")[1]
+    longer = attack_once(tiny_model, degraded, gt, eps=4 / 255, iterations=20, basis="dct")[1]
+    assert torch.all(longer >= block)  # the same first 3 directions, then more
+    assert longer.mean() > 1.2 * block.mean()
+
+
+def test_non_square_dct_stays_in_budget(tiny_model, images):
+    degraded, gt = (image[:2, :, :4, :7].contiguous() for image in images)  # block 3 · 2 · 2 = 12 directions
+    adversarial, after, before, attack = attack_once(tiny_model, degraded, gt, eps=8 / 255, iterations=30,
+                                                     basis="dct", freq_dims=2, stride=2)
+    assert torch.equal(attack.last_iterations, torch.full((2,), 30))
+    assert (adversarial - degraded).abs().max() <= 8 / 255 + 1e-6
+    assert adversarial.min() >= 0 and adversarial.max() <= 1 and torch.all(after >= before)
+
+
+@pytest.mark.parametrize("basis", ["pixel", "dct"])
+def test_check_input_refuses_more_iterations_than_directions(basis):
+    make_attack("simba", iterations=192, basis=basis).check_input((5, 3, 8, 8))  # exactly C·H·W: fine
+    with pytest.raises(SpecError, match=rf"iterations=193 exceeds the 192 basis directions of a 3×8×8 image "
+                                        rf"\({basis} basis: .*\); use -p iterations=192 or fewer"):
+        make_attack("simba", iterations=193, basis=basis).check_input((5, 3, 8, 8))
+
+
+@pytest.mark.parametrize("basis", ["pixel", "dct"])
+def test_perturb_refuses_more_iterations_than_directions_before_querying(tiny_model, images, basis):
+    degraded, gt = small(images)
+    counting = CountingModel(tiny_model)
+    attack = make_attack("simba", iterations=3 * 4 * 4 + 1, basis=basis)
+    with pytest.raises(SpecError, match="exceeds the 48 basis directions"):
+        attack.perturb(counting, degraded, make_objective("mse-clean"), gt, torch.Generator().manual_seed(0))
+    assert counting.images == 0
+
+
+def test_last_iterations_covers_the_batch_with_a_mask(tiny_model, images):
+    degraded, gt = small(images)
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., 1:3, 1:3] = 1
+    objective = make_objective("mse-clean")
+    with torch.no_grad():
+        reference = objective.reference(tiny_model(degraded), gt)
+    attack = make_attack("simba", iterations=5, basis="dct")
+    attack(tiny_model, degraded, objective, reference, torch.Generator().manual_seed(0), mask=mask)
+    assert torch.equal(attack.last_iterations, torch.full((2,), 5)) and attack.last_queries.shape == (2,)

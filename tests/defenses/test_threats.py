@@ -106,9 +106,12 @@ def test_leaderboard_puts_gray_box_and_adaptive_side_by_side():
             "psnr_adv_clean": 25.0, "ssim_adv_clean": 0.8, "psnr_clean_gt_undefended": 31.0,
             "ssim_clean_gt_undefended": 0.91, "psnr_adv_gt_undefended": 15.0, "ssim_adv_gt_undefended": 0.3,
             "defense_params": None}
-    rows = pd.DataFrame([{**base, "threat": "gray-box", "psnr_adv_gt": 24.0, "ssim_adv_gt": 0.7},
-                         {**base, "threat": "gray-box", "psnr_adv_gt": 26.0, "ssim_adv_gt": 0.7},
-                         {**base, "threat": "adaptive", "psnr_adv_gt": 16.5, "ssim_adv_gt": 0.4}])
+    rows = pd.DataFrame([{**base, "run_hash": "g", "image": "a", "threat": "gray-box", "psnr_adv_gt": 24.0,
+                          "ssim_adv_gt": 0.7},
+                         {**base, "run_hash": "g", "image": "b", "threat": "gray-box", "psnr_adv_gt": 26.0,
+                          "ssim_adv_gt": 0.7},
+                         {**base, "run_hash": "a", "image": "a", "threat": "adaptive", "eot": 2,
+                          "psnr_adv_gt": 16.5, "ssim_adv_gt": 0.4}])
     table = leaderboard.summarise(rows)
     assert table["psnr_clean_loss"].tolist() == [1.0, 1.0]
     comparison = leaderboard.threat_comparison(table)

@@ -67,8 +67,9 @@ class EOT(Attack):
         return self._expected_value(model, adversarial, objective, reference)
 
     def perturb(self, model, degraded, objective, reference, generator):
+        self.inner.inputs = self.inputs
         adversarial = self.inner.perturb(model, degraded, objective, reference, generator)
-        self.last_queries = self.inner.last_queries
+        self.last_queries, self.last_iterations = self.inner.last_queries, self.inner.last_iterations
         return adversarial
 
 

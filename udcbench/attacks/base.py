@@ -86,6 +86,12 @@ class Attack:
     def __init__(self, **params):
         self.params = params
         self.last_queries: torch.Tensor | None = None
+        self.last_iterations: torch.Tensor | None = None  # iterations run per image, where an attack counts them
+        self.inputs: dict[str, torch.Tensor] = {}  # the batch's extra inputs (psf_code, ...), set by the runner
+
+    def required_inputs(self) -> tuple[str, ...]:
+        """Extra inputs (beyond the model's own) every sample must supply, e.g. a transfer surrogate's psf_code."""
+        return ()
 
     def value(self, model, adversarial: torch.Tensor, objective, reference: torch.Tensor) -> torch.Tensor:
         """The objective of model(adversarial), shape (B,); differentiable when grad is enabled."""
@@ -94,6 +100,10 @@ class Attack:
     def perturb(self, model, degraded: torch.Tensor, objective, reference: torch.Tensor,
                 generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
+
+    def check_input(self, shape: tuple[int, ...]) -> None:
+        """Refuse (SpecError) a budget that images of `shape` (B, C, H, W) cannot hold, e.g. more SimBA
+        iterations than basis directions. Called on the dataset's image sizes before a run writes anything."""
 
     def ascend(self, model, adversarial: torch.Tensor, objective, reference: torch.Tensor, steps: int,
                update, best: BestTracker | None = None) -> BestTracker:
@@ -123,13 +133,18 @@ class Attack:
         if mask is None:
             return self.perturb(model, degraded, objective, reference, generator)
         if degraded.shape[0] > 1:  # attacks may evaluate subsets of a batch: restrict one image at a time
-            parts, queries = [], []
+            parts, queries, iterations, inputs = [], [], [], self.inputs
             for i in range(degraded.shape[0]):
+                self.inputs = {k: v[i:i + 1] if v.shape[0] == degraded.shape[0] else v for k, v in inputs.items()}
                 parts.append(self(model, degraded[i:i + 1], objective, reference[i:i + 1], generator,
                                   mask if mask.shape[0] == 1 else mask[i:i + 1]))
                 queries.append(self.last_queries)
+                iterations.append(self.last_iterations)
+            self.inputs = inputs
             if all(q is not None for q in queries):
                 self.last_queries = torch.cat(queries)
+            if all(n is not None for n in iterations):
+                self.last_iterations = torch.cat(iterations)
             return torch.cat(parts)
         mask = mask.to(degraded.device, degraded.dtype)
 

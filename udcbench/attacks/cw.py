@@ -1,16 +1,23 @@
-"""Carlini–Wagner L2 (C&W-L2), adapted to restoration: the smallest L2 perturbation that reaches a deviation
-target, instead of the smallest one that flips a label.
+"""Carlini–Wagner L2 (C&W-L2), adapted to restoration, in two forms chosen by `const`:
+  const unset (None, the default): minimum norm — the smallest L2 perturbation that reaches a deviation target
+      (instead of the smallest one that flips a label), by a binary search over c; its attacked PSNR is the
+      target itself, and what it measures is ‖δ‖₂.
+  const = c > 0: fixed trade-off — minimise ‖δ‖₂² − c·deviation for one given c, no search and no target; its
+      attacked PSNR is what c buys, the number a study reporting "C&W: X dB" gives.
 
 Carlini and Wagner, "Towards Evaluating the Robustness of Neural Networks", IEEE S&P 2017.
 
-Distance: L2 over all pixels and channels of one image; no eps budget — the budget is the deviation target.
-Success for an image: PSNR(f(y'), reference) ≤ target_psnr − confidence (for a targeted objective, whose
-value is −distance to a target: PSNR ≥ target_psnr + confidence). The attack therefore drives, and judges
-success on, the mean squared deviation of f(y') from the objective's reference (evaluated through
-`Attack.value`, so EOT composes); the objective supplies the reference and the direction (`targeted`). For the
-MSE objectives (mse-clean, mse-gt, targeted:*) that is the objective itself; for l1-clean or lpips-clean the
-PSNR criterion still decides, and the fallback below ranks by squared deviation.
-Per image it minimises, over w with y' = (tanh(w) + 1)/2 (so y' ∈ [0, 1] without clipping),
+Distance: L2 over all pixels and channels of one image; no eps budget — the budget is the deviation target
+(minimum norm) or c (fixed trade-off). Both forms drive the mean squared deviation of f(y') from the
+objective's reference (evaluated through `Attack.value`, so EOT composes); the objective supplies the reference
+and the direction (`targeted`: the deviation is −MSE to the target, so it rises either way). For the MSE
+objectives (mse-clean, mse-gt, targeted:*) that is the objective itself; for l1-clean or lpips-clean the attack
+still drives (and ranks by) the squared deviation. Both optimise over w with y' = (tanh(w) + 1)/2 (so
+y' ∈ [0, 1] without clipping) by Adam, starting from w = atanh((2y − 1)·(1 − 1e-6)); as in the paper, pixels
+at exactly 0 or 1 barely move (tanh saturates there). Deterministic; the generator is not used.
+
+Minimum-norm form. Success for an image: PSNR(f(y'), reference) ≤ target_psnr − confidence (targeted:
+PSNR ≥ target_psnr + confidence). Per image it minimises
 
     ‖y' − y‖₂² + c · max(PSNR(f(y'), reference) − target_psnr, −confidence)      (targeted: sign flipped)
 
@@ -20,29 +27,53 @@ shifts with the image, and it keeps rewarding deviation past the target (inflati
 scale-free and the hinge stops at the target, so for any c above a threshold the minimiser is the
 smallest-norm point on the target's boundary. c scales with the pixel count (about 0.1–0.4 on 32×32 images
 and 6 on 128×128 for a small net), hence c_init 1.0 and the ×10 growth.
-Arguments: target_psnr (20.0 dB), confidence κ (0.0 dB), c_init (1.0), steps (100 Adam steps per
-binary-search step), search_steps (9, as in the reference study), lr (0.01, Adam on w), abort_early (True:
-as in the paper's code, a search step ends when its loss fell by less than 0.1 % over the last steps/10 steps).
 Binary search over c per image, as in the paper: on success c_hi = c, else c_lo = c; the next c is
 (c_lo + c_hi)/2 once an upper bound exists, else 10·c. Two changes from the paper's loop (which restarts
 every search step from y), both needed to beat PGD-L2's norm with 100 steps: each search step warm-starts w
 (with a fresh Adam) from the smallest success so far, or before any success from the iterate with the largest
-deviation — so the ×10 phase accumulates progress instead of repeating one path — starting from
-w = atanh((2y − 1)·(1 − 1e-6)); and a search step counts as a success when its final iterate succeeds —
-Adam's first steps overshoot, and such a transient success would drive c below what holds the target.
-As in the paper, pixels at exactly 0 or 1 barely move (tanh saturates there).
+deviation — so the ×10 phase accumulates progress instead of repeating one path; and a search step counts as
+a success when its final iterate succeeds — Adam's first steps overshoot, and such a transient success would
+drive c below what holds the target.
 Per image the successful y' with the smallest ‖δ‖₂ over all iterates is returned; if none succeeded, the y'
 with the largest deviation (y itself if nothing beat it); if y already reaches the target, y.
-Deterministic; the generator is not used.
+
+Fixed trade-off form (the classical restoration adaptation, "minimise ‖δ‖² − c·objective"). Per image it
+minimises, by `steps` Adam steps on w (one run, no restarts, no early abort),
+
+    ‖y' − y‖₂² − c · N · MSE(f(y'), reference)       (targeted: + c · N · MSE to the target)
+
+with N the number of values in one output image (3·H·W): N·MSE is the sum of squared errors, so both terms
+sum squared [0, 1] differences over the same pixels and c is a plain exchange rate — one unit of output
+squared error is worth 1/c units of input squared perturbation — that does not change with the image size
+(with the bare MSE, the c that matters would grow with H·W). A convolutional net's local gain decides the
+useful range: for a locally linear f with largest gain σ, y is a minimiser while c·σ² < 1, so small c return
+y unchanged and the attacked PSNR falls steeply once c passes 1/σ², then saturates (the tests' small random
+net, 100 steps: about 65, 15, 12 and 10 dB at c = 0.01, 0.03, 0.1 and 1, on 32×32 and 64×64 images within a
+dB). A study's c on the mean squared error of its N-value images is const = c/N here. Returned per image:
+the iterate of lowest loss, y itself included (‖δ‖ = 0) — the point the stated loss selects for this c,
+rather than the largest-deviation iterate, which is often an Adam overshoot with a ‖δ‖ that c did not set.
+Since its loss is below y's, its deviation is at least y's (an iterate below y's deviation is never taken,
+even by rounding), and for exact minimisers the deviation can only grow with c.
+
+Arguments: const (None: minimum-norm form; a positive finite number: the fixed trade-off c), steps (100:
+Adam steps per binary-search step, or of the one fixed-c run), lr (0.01, Adam on w, as in the paper; the
+fixed form at a large c can reach lower PSNRs with more steps or a larger lr — it is not convex), and for the
+minimum-norm form only: target_psnr (20.0 dB), confidence κ (0.0 dB), c_init (1.0), search_steps (9, as in
+the reference study), abort_early (True: as in the paper's code, a search step ends when its loss fell by
+less than 0.1 % over the last steps/10 steps). Setting any of these five to a non-default value together with
+const is a SpecError (they would be ignored). With const the attack's params are {const, steps, lr}; without
+it they are the five plus steps and lr, exactly as before const existed (so stored run hashes still match).
 Shapes: degraded (B, 3, H, W) in [0, 1] -> (B, 3, H, W).
 
-    attack = make_attack("cw", target_psnr=20.0)
+    attack = make_attack("cw", target_psnr=20.0)      # minimum norm for a 20 dB deviation
+    attack = make_attack("cw", const=0.1, steps=1000)  # fixed trade-off: report the attacked PSNR
     adversarial = attack.perturb(model, y, objective, objective.reference(model(y), x), generator)
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -52,7 +83,7 @@ from udcbench.errors import SpecError
 from udcbench.registry import register_attack
 
 DEFAULTS = {"target_psnr": 20.0, "confidence": 0.0, "c_init": 1.0, "steps": 100, "search_steps": 9, "lr": 0.01,
-            "abort_early": True}
+            "abort_early": True, "const": None}
 NO_UPPER_BOUND = 1e10
 
 
@@ -73,13 +104,26 @@ def value_to_psnr(value: torch.Tensor, targeted: bool) -> torch.Tensor:
     return -10.0 * torch.log10(distance.clamp_min(0.0) + 1e-20)
 
 
+def check_const(const, **search) -> float:
+    """The fixed trade-off constant c, validated; refuses a binary-search parameter that c would leave unused."""
+    if isinstance(const, bool) or not isinstance(const, numbers.Real) or not math.isfinite(const) or const <= 0:
+        raise SpecError(f"cw: const (the fixed trade-off constant c) must be a positive finite number, got "
+                        f"{const!r}; e.g. const=1.0, or leave it unset for the minimum-norm search")
+    ignored = [f"{key}={value}" for key, value in search.items() if value != DEFAULTS[key]]
+    if ignored:
+        raise SpecError(f"cw: const={const:g} fixes c (no binary search, no deviation target), so "
+                        f"{', '.join(ignored)} would be ignored; drop {'them' if len(ignored) > 1 else 'it'}, or "
+                        f"drop const for the minimum-norm search form")
+    return float(const)
+
+
 class CarliniWagnerL2(Attack):
     name = "cw"
     norm = "l2"
     kind = "white-box"
 
     def __init__(self, target_psnr: float = 20.0, confidence: float = 0.0, c_init: float = 1.0, steps: int = 100,
-                 search_steps: int = 9, lr: float = 0.01, abort_early: bool = True):
+                 search_steps: int = 9, lr: float = 0.01, abort_early: bool = True, const: float | None = None):
         if not math.isfinite(target_psnr) or target_psnr <= 0:
             raise SpecError(f"cw: target_psnr (dB of f(y') against the reference) must be positive and finite, "
                             f"got {target_psnr:g}; e.g. target_psnr=20")
@@ -90,6 +134,12 @@ class CarliniWagnerL2(Attack):
         for label, count in (("steps", steps), ("search_steps", search_steps)):
             if int(count) != count or int(count) < 1:
                 raise SpecError(f"cw: {label} must be a whole number ≥ 1, got {count}")
+        if const is not None:  # the fixed-constant form: its params name only what it uses
+            super().__init__(const=check_const(const, target_psnr=target_psnr, confidence=confidence,
+                                               c_init=c_init, search_steps=search_steps, abort_early=abort_early),
+                             steps=int(steps), lr=float(lr))
+            return
+        # the minimum-norm form keeps exactly its former params (no const key), so stored run hashes still match
         super().__init__(target_psnr=float(target_psnr), confidence=float(confidence), c_init=float(c_init),
                          steps=int(steps), search_steps=int(search_steps), lr=float(lr),
                          abort_early=bool(abort_early))
@@ -100,10 +150,41 @@ class CarliniWagnerL2(Attack):
         return (self.params["target_psnr"] - psnr) if targeted else (psnr - self.params["target_psnr"])
 
     def perturb(self, model, degraded, objective, reference, generator):
-        p = self.params
         targeted = bool(getattr(objective, "targeted", False))
+        if self.params.get("const") is not None:
+            return self._fixed_constant(model, degraded.detach(), reference, SquaredDeviation(targeted))
+        return self._minimum_norm(model, degraded.detach(), reference, targeted)
+
+    def _fixed_constant(self, model, degraded, reference, deviation):
+        """Minimise ‖y' − y‖₂² − c·N·deviation over w by Adam; per image the lowest-loss point (y included)."""
+        p = self.params
+        scale = p["const"] * reference[0].numel()  # N·MSE = the sum of squared errors over the output
+        with torch.no_grad():
+            start_value = self.value(model, degraded, deviation, reference)
+        best, best_loss = degraded.clone(), -scale * start_value  # y itself: ‖δ‖ = 0
+        w = torch.atanh((2 * degraded - 1) * (1 - 1e-6)).requires_grad_(True)
+        optimiser = torch.optim.Adam([w], lr=p["lr"])
+        for step in range(p["steps"] + 1):
+            last = step == p["steps"]  # the final iterate is only scored
+            with torch.set_grad_enabled(not last):
+                adversarial = (torch.tanh(w) + 1) / 2
+                value = self.value(model, adversarial, deviation, reference)
+                loss = (adversarial - degraded).pow(2).flatten(1).sum(dim=1) - scale * value
+            with torch.no_grad():
+                better = (loss < best_loss) & (value >= start_value)  # never below y's objective, even by rounding
+                best = torch.where(better[:, None, None, None], adversarial, best)
+                best_loss = torch.where(better, loss, best_loss)
+            if last:
+                break
+            optimiser.zero_grad(set_to_none=True)
+            loss.sum().backward()  # images are independent: Adam is elementwise
+            optimiser.step()
+        return best.detach()
+
+    def _minimum_norm(self, model, degraded, reference, targeted):
+        """The binary search over c for the smallest ‖δ‖₂ that reaches the deviation target."""
+        p = self.params
         deviation = SquaredDeviation(targeted)
-        degraded = degraded.detach()
         batch = degraded.shape[0]
         with torch.no_grad():
             start_value = self.value(model, degraded, deviation, reference)

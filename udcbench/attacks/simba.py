@@ -1,27 +1,45 @@
 """SimBA: simple black-box attack, L∞ (score-based, no gradients).
 
-Guo et al., "Simple Black-box Adversarial Attacks", ICML 2019. For a regression model the score is the
-objective (e.g. MSE between f(y + δ) and the clean output), which the attack drives up.
+Guo et al., "Simple Black-box Adversarial Attacks", ICML 2019 (code: github.com/cg563/simple-blackbox-attack).
+For a regression model the score is the objective (e.g. MSE between f(y + δ) and the clean output), which the
+attack drives up.
 
 Distance: L∞, ‖δ‖∞ ≤ eps, and y + δ ∈ [0, 1].
-Arguments: eps (4/255: the step along each basis direction), iterations (1000: basis directions tried),
-basis ("pixel" | "dct"), freq_dims (None -> max(min(H, W) // 8, 1); DCT only: the lowest freq_dims × freq_dims
-frequencies are used, the paper's 1/8 of the spectrum), order ("random" | "fixed").
+Arguments (defaults in brackets):
+- eps [4/255]: the step along each basis direction.
+- iterations [1000]: basis directions tried, each at most once; at most C·H·W for either basis (a larger budget
+  is refused with a SpecError by check_input, which the runner calls before anything runs, and by perturb).
+- basis ["pixel"]: "pixel" | "dct".
+- freq_dims [None -> max(min(H, W) // 8, 1)]: DCT only; the side of the initial low-frequency block that is
+  tried first (the paper's 1/8 of the spectrum), clipped to the image: (fh, fw) = (min(freq_dims, H),
+  min(freq_dims, W)).
+- stride [1, as the original's utils.block_order; its run_simba.py used 7 with freq_dims=14 at 224 px]: DCT
+  only; the width of the shells that follow the initial block (see below). Not stored in the parameters of a
+  pixel-basis attack (it does not apply there, and pixel runs keep their run hashes).
+- order ["random"]: "random" | "fixed" (deterministic, draws no random numbers).
 Each iteration takes the next basis direction q and tries x + eps·q (1 query); if the objective does not rise
 it tries x − eps·q (1 more query, only for those images); a candidate is kept when its objective is strictly
 higher. The paper tries −eps·q first; the order of the two signs is immaterial since q's sign is arbitrary.
-A candidate that clipping leaves equal to x is not evaluated (no query spent).
+A candidate that clipping leaves equal to x is not evaluated (no query spent; the iteration still counts).
 - pixel: q is a one-hot (channel, row, col) coordinate, drawn without replacement (a random permutation per
   image, or raster order if order="fixed"), so every coordinate moves at most once by ±eps and ‖δ‖∞ ≤ eps
-  holds by construction; at most C·H·W iterations are possible.
+  holds by construction.
 - dct: q is a 2-D DCT-II basis image (u, v) of one channel. The paper's q is orthonormal (each step has L2
   norm eps); here q is the orthonormal basis image rescaled to ‖q‖∞ = 1, so that eps is the per-pixel size of
-  one step, as in the pixel basis, and the L∞ budget is reachable. Directions are ordered low frequencies
-  first by diagonal u + v, randomly within a diagonal (over channel and (u, v); "fixed": by channel, u, v);
-  at most C·freq_dims² iterations are possible. Since DCT steps overlap, every candidate is projected onto
+  one step, as in the pixel basis, and the L∞ budget is reachable. The order follows the original's strided
+  block order: first the C·fh·fw directions of the initial block, by diagonal u + v, randomly within a diagonal
+  (over channel and (u, v); "fixed": by channel, u, v within a diagonal); then shells k = 1, 2, ...: shell k
+  holds the (u, v) with u < fh + k·stride and v < fw + k·stride not in an earlier shell, clipped to the image
+  (an L-shaped band of width stride; for H ≠ W, once one axis is used up the shells go on as bands of stride
+  rows or columns along the other), in all C channels, in random order within a shell ("fixed": by u + v,
+  then channel, u, v). For a square image whose H − freq_dims is a multiple of stride these are exactly the
+  original's shells. Every one of the C·H·W directions comes once. The shells' random numbers are drawn only
+  when iterations exceeds C·fh·fw, so budgets within the initial block give bit-identical results to the
+  earlier block-only order. Since DCT steps overlap, every candidate is projected onto
   {‖δ‖∞ ≤ eps} ∩ [0, 1] before it is evaluated: the step actually taken is the projected one, not eps·q.
 Queries (self.last_queries, per image): 1 for the unperturbed input + 1 or 2 per iteration, so at most
-2·iterations + 1. The result's objective is never below the unperturbed input's (x starts there and only rises).
+2·iterations + 1. Iterations (self.last_iterations, per image, (B,) int64): always `iterations`. The result's
+objective is never below the unperturbed input's (x starts there and only rises).
 Shapes: degraded (B, C, H, W) in [0, 1] -> (B, C, H, W). Randomness from the CPU generator: the same seed gives
 the same result on any device.
 
@@ -39,7 +57,8 @@ from udcbench.attacks.base import Attack, project_linf
 from udcbench.errors import SpecError
 from udcbench.registry import register_attack
 
-DEFAULTS = {"eps": 4 / 255, "iterations": 1000, "basis": "pixel", "freq_dims": None, "order": "random"}
+DEFAULTS = {"eps": 4 / 255, "iterations": 1000, "basis": "pixel", "freq_dims": None, "stride": 1,
+            "order": "random"}
 BASES = ("pixel", "dct")
 ORDERS = ("random", "fixed")
 
@@ -53,13 +72,24 @@ def dct_matrix(size: int, dtype=torch.float32) -> torch.Tensor:
     return matrix.to(dtype)
 
 
+def shell_index(height: int, width: int, block: tuple[int, int], stride: int) -> torch.Tensor:
+    """(H, W) int64: 0 on the initial block [0, fh) × [0, fw) of frequencies (u, v), k ≥ 1 on the k-th shell,
+    {u < fh + k·stride, v < fw + k·stride} minus the earlier shells."""
+    fh, fw = block
+    u = torch.arange(height)[:, None]
+    v = torch.arange(width)[None, :]
+    rows = torch.where(u >= fh, torch.div(u - fh, stride, rounding_mode="floor") + 1, 0)
+    cols = torch.where(v >= fw, torch.div(v - fw, stride, rounding_mode="floor") + 1, 0)
+    return torch.maximum(rows, cols)
+
+
 class SimBA(Attack):
     name = "simba"
     norm = "linf"
     kind = "black-box"
 
     def __init__(self, eps: float = 4 / 255, iterations: int = 1000, basis: str = "pixel",
-                 freq_dims: int | None = None, order: str = "random"):
+                 freq_dims: int | None = None, stride: int = 1, order: str = "random"):
         if not 0 < eps <= 1:
             raise SpecError(f"simba: eps (the step along each basis direction) must lie in (0, 1], got {eps:g}; "
                             "e.g. eps=4/255")
@@ -76,26 +106,75 @@ class SimBA(Attack):
                 raise SpecError(f"simba: freq_dims must be a whole number ≥ 1 (or None for min(H, W) // 8), "
                                 f"got {freq_dims}")
             freq_dims = int(freq_dims)
-        super().__init__(eps=float(eps), iterations=int(iterations), basis=basis, freq_dims=freq_dims, order=order)
+        if int(stride) != stride or int(stride) < 1:
+            raise SpecError(f"simba: stride (the width of the DCT shells after the initial block) must be a whole "
+                            f"number ≥ 1, got {stride}; e.g. stride=1")
+        if basis != "dct" and stride != DEFAULTS["stride"]:
+            raise SpecError("simba: stride only applies to basis='dct'; leave it unset for the pixel basis")
+        # the pixel basis does not store stride, so its parameters (and run hashes) stay as they were
+        extra = {"stride": int(stride)} if basis == "dct" else {}
+        super().__init__(eps=float(eps), iterations=int(iterations), basis=basis, freq_dims=freq_dims, **extra,
+                         order=order)
+        self.last_iterations: torch.Tensor | None = None
 
-    def _order(self, shape, generator: torch.Generator) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(B, N) CPU indices of the basis directions in the order they are tried, and the DCT block (fh, fw)."""
+    def block(self, height: int, width: int) -> tuple[int, int]:
+        """(fh, fw): the initial low-frequency block of the DCT basis for an H × W image."""
+        side = self.params["freq_dims"] or max(min(height, width) // 8, 1)
+        return min(side, height), min(side, width)
+
+    def check_input(self, shape: tuple[int, ...]) -> None:
+        """SpecError when `iterations` exceeds the C·H·W basis directions of images of shape (B, C, H, W)."""
+        channels, height, width = (int(n) for n in shape[-3:])
+        limit, iterations = channels * height * width, self.params["iterations"]
+        if iterations > limit:
+            what = "one per coordinate" if self.params["basis"] == "pixel" else "one per channel and 2-D frequency"
+            raise SpecError(f"simba: iterations={iterations} exceeds the {limit} basis directions of a "
+                            f"{channels}×{height}×{width} image ({self.params['basis']} basis: {what}); "
+                            f"use -p iterations={limit} or fewer")
+
+    def _order(self, shape, generator: torch.Generator) -> torch.Tensor:
+        """(B, N) CPU indices c·H·W + u·W + v of the basis directions in the order they are tried; for the DCT
+        basis N covers the shells only when `iterations` reaches past the initial block."""
         batch, channels, height, width = shape
         if self.params["basis"] == "pixel":
-            count, block = channels * height * width, (height, width)
+            count = channels * height * width
             keys = torch.zeros(batch, count, dtype=torch.float64)
-        else:
-            side = self.params["freq_dims"] or max(min(height, width) // 8, 1)
-            block = (min(side, height), min(side, width))
-            count = channels * block[0] * block[1]
-            index = torch.arange(count)
-            keys = ((index // block[1]) % block[0] + index % block[1]).to(torch.float64).expand(batch, count)
-        if self.params["order"] == "random":  # uniform in [0, 1): shuffles within a diagonal (or everything)
-            keys = keys + torch.rand(batch, count, generator=generator, dtype=torch.float64)
-        return torch.argsort(keys, dim=1, stable=True), block
+            if self.params["order"] == "random":  # uniform in [0, 1): a random permutation
+                keys = keys + torch.rand(batch, count, generator=generator, dtype=torch.float64)
+            return torch.argsort(keys, dim=1, stable=True)
+        fh, fw = self.block(height, width)
+        first = self._block_order(batch, channels, fh, fw, generator)
+        channel, u, v = first // (fh * fw), (first // fw) % fh, first % fw
+        first = channel * height * width + u * width + v
+        if self.params["iterations"] <= first.shape[1]:
+            return first
+        return torch.cat([first, self._shell_order(shape, (fh, fw), generator)], dim=1)
 
-    def _directions(self, index: torch.Tensor, like: torch.Tensor, block, dct_rows, dct_cols) -> torch.Tensor:
-        """(B, C, H, W) basis images for one direction index per image, max |q| = 1."""
+    def _block_order(self, batch, channels, fh, fw, generator) -> torch.Tensor:
+        """(B, C·fh·fw) indices c·fh·fw + u·fw + v of the initial block: by diagonal u + v, random within one."""
+        count = channels * fh * fw
+        index = torch.arange(count)
+        keys = ((index // fw) % fh + index % fw).to(torch.float64).expand(batch, count)
+        if self.params["order"] == "random":  # uniform in [0, 1): shuffles within a diagonal
+            keys = keys + torch.rand(batch, count, generator=generator, dtype=torch.float64)
+        return torch.argsort(keys, dim=1, stable=True)
+
+    def _shell_order(self, shape, block, generator) -> torch.Tensor:
+        """(B, C·(H·W − fh·fw)) indices c·H·W + u·W + v of the directions outside the initial block, shell by
+        shell, random within a shell (over channel and (u, v)); "fixed": by u + v, then channel, u, v."""
+        batch, channels, height, width = shape
+        shell = shell_index(height, width, block, self.params["stride"]).flatten().repeat(channels)
+        rest = (shell > 0).nonzero().flatten()
+        shell = shell[rest].to(torch.float64)
+        if self.params["order"] == "random":
+            keys = shell + torch.rand(batch, rest.numel(), generator=generator, dtype=torch.float64)
+        else:
+            diagonal = ((rest // width) % height + rest % width).to(torch.float64)
+            keys = (shell * (height + width) + diagonal).expand(batch, rest.numel())
+        return rest[torch.argsort(keys, dim=1, stable=True)]
+
+    def _directions(self, index: torch.Tensor, like: torch.Tensor, dct_rows, dct_cols) -> torch.Tensor:
+        """(B, C, H, W) basis images for one direction index c·H·W + u·W + v per image, max |q| = 1."""
         batch, channels, height, width = like.shape
         index = index.to(like.device)
         rows = torch.arange(batch, device=like.device)
@@ -104,26 +183,26 @@ class SimBA(Attack):
             q[rows, index] = 1.0
             return q.view_as(like)
         q = q.view_as(like)
-        fh, fw = block
-        channel, u, v = index // (fh * fw), (index // fw) % fh, index % fw
+        channel, u, v = index // (height * width), (index // width) % height, index % width
         basis = dct_rows[u][:, :, None] * dct_cols[v][:, None, :]  # (B, H, W)
         basis = basis / basis.flatten(1).abs().amax(dim=1)[:, None, None]
         q[rows, channel] = basis
         return q
 
     def perturb(self, model, degraded, objective, reference, generator):
-        eps = self.params["eps"]
+        self.check_input(degraded.shape)
+        eps, iterations = self.params["eps"], self.params["iterations"]
         degraded = degraded.detach()
         batch, _, height, width = degraded.shape
-        order, block = self._order(degraded.shape, generator)
+        order = self._order(degraded.shape, generator)
         dct_rows = dct_matrix(height, degraded.dtype).to(degraded.device)
         dct_cols = dct_matrix(width, degraded.dtype).to(degraded.device)
         queries = torch.ones(batch, dtype=torch.int64)
         with torch.no_grad():
             adversarial = degraded.clone()
             value = self.value(model, adversarial, objective, reference)
-            for step in range(min(self.params["iterations"], order.shape[1])):
-                q = self._directions(order[:, step], degraded, block, dct_rows, dct_cols)
+            for step in range(iterations):
+                q = self._directions(order[:, step], degraded, dct_rows, dct_cols)
                 pending = torch.ones(batch, dtype=torch.bool, device=degraded.device)
                 for sign in (1.0, -1.0):
                     candidate = project_linf(adversarial + sign * eps * q, degraded, eps)
@@ -139,8 +218,8 @@ class SimBA(Attack):
                     value[kept] = tried[better]
                     pending[kept] = False
         self.last_queries = queries
+        self.last_iterations = torch.full((batch,), iterations, dtype=torch.int64)
         return adversarial
-
 
 register_attack("simba", defaults=DEFAULTS, norm="linf", kind="black-box",
                 paper="Guo et al., ICML 2019")(SimBA)

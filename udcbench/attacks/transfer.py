@@ -45,17 +45,22 @@ class Transfer(Attack):
         super().__init__(surrogate=self.surrogate.info.name, surrogate_weights=surrogate_weights, base=base,
                          **self.base.params)
 
+    def required_inputs(self) -> tuple[str, ...]:
+        return tuple(self.surrogate.contract.extra_inputs)
+
     def _bound_surrogate(self, target, device):
+        """The surrogate with the batch's extra inputs bound (the runner puts every input the dataset supplies
+        into self.inputs; a target model that binds some of its own is the fallback for direct calls)."""
         surrogate = self.surrogate.to(device)
         needs = surrogate.contract.extra_inputs
         if not needs:
             return surrogate
-        extras = getattr(target, "extras", {})
+        extras = {**getattr(target, "extras", {}), **self.inputs}
         missing = [name for name in needs if name not in extras]
         if missing:
             raise SpecError(f"transfer: surrogate {surrogate.info.name} needs {', '.join(missing)}, which this "
                             "dataset does not supply; pick a surrogate without extra inputs")
-        return surrogate.bind(**{name: extras[name] for name in needs})
+        return surrogate.bind(**{name: extras[name].to(device) for name in needs})
 
     def perturb(self, model, degraded, objective, reference, generator):
         surrogate = self._bound_surrogate(model, degraded.device)

@@ -75,6 +75,11 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.names())
 
+    def image_sizes(self) -> set[tuple[int, int]]:
+        """The (H, W) sizes of the images, for checks before a run (file datasets read them from headers; the
+        default decodes only the first sample)."""
+        return {tuple(self[0].degraded.shape[-2:])} if len(self) else set()
+
     def __getitem__(self, index: int) -> Sample:
         names = self.names()
         if not -len(names) <= index < len(names):
@@ -119,6 +124,9 @@ class FileDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    def image_sizes(self) -> set[tuple[int, int]]:
+        return {(pair.degraded.height, pair.degraded.width) for pair in self.pairs}
 
     def read(self, index: int):
         pair = self.pairs[index]

@@ -112,7 +112,7 @@ def defended_inputs(defense, inputs: torch.Tensor, config: FinetuneConfig, gener
         if getattr(component, "name", "") == "purify":
             t_star = torch.randint(config.t_min, config.t_max + 1, (inputs.shape[0],), generator=generator)
             inputs = purify(component.prior, inputs, t_star, component.steps, component.sampler, generator,
-                            component.tile, component.overlap)
+                            component.tile, component.overlap, index=getattr(component, "index", "udcbench"))
         else:
             inputs = component.transform(inputs, generator)
     return inputs
@@ -210,7 +210,8 @@ class FineTuned(DefenseComponent):
         name = inner.info.name
         if name not in self._cache:
             device = next(iter(inner.parameters()), torch.empty(0)).device
-            self._cache[name] = load_model(name, weights=self.weights_for(name), device=device)
+            self._cache[name] = load_model(name, weights=self.weights_for(name), device=device,
+                                           options=inner.info.extra.get("options"))
         swapped = self._cache[name]
         return swapped.bind(**model.extras) if isinstance(model, BoundModel) else swapped
 

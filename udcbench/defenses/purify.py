@@ -1,14 +1,38 @@
 """Diffusion purification (DiffPure: Nie et al., "Diffusion Models for Adversarial Purification", ICML 2022).
 
 The input is diffused forward to a small timestep t* — enough Gaussian noise to drown an L∞ perturbation of a
-few /255 — and then denoised back to t = 0 with a pretrained prior, which pulls it toward clean images:
+few /255 — and then denoised back to the clean image with a pretrained prior, which pulls it toward clean images:
 
-    x_t* = sqrt(ᾱ_t*)·(2·image − 1) + sqrt(1 − ᾱ_t*)·ε,   then `steps` reverse steps t* → … → 0
+    x_t* = sqrt(ᾱ_t*)·(2·image − 1) + sqrt(1 − ᾱ_t*)·ε,   then `steps` reverse steps t* → … → ᾱ = 1
 
 Reverse samplers: "ddim" (Song et al., ICLR 2021, η = 0: deterministic given x_t*) or "ddpm" (Ho et al. 2020,
 ancestral sampling with the posterior variance β̃, over the same strided timesteps). All noise comes from one
 `generator` and is drawn at the full image size, so tiling never changes which noise a pixel sees. The whole
 chain is differentiable w.r.t. the image (adaptive attacks backpropagate through the few DDIM steps).
+
+Timestep conventions (`index`; `visited_timesteps(t_star, steps, index)` lists them and the sampler runs exactly
+that list). ᾱ_i is `schedule.alphas_cumprod[i]`, the 0-based array of the T = 1000-step schedule; index −1 means
+ᾱ = 1, the clean image.
+
+- index=udcbench (default): t* IS the 0-based index. The input is diffused with ᾱ_{t*}; ε̂ is evaluated at
+  ⌊t*·k/steps⌋ for k = steps … 1 and the last step goes straight to ᾱ = 1 (index 0 is never visited). t* = 30,
+  steps = 2: diffuse with ᾱ_30, ε̂ at 30 → ᾱ_15, ε̂ at 15 → ᾱ = 1; visited_timesteps(30, 2) == [30, 15, −1].
+  Valid t*: 0 … T−1.
+- index=diffpure: t* counts noise levels as DiffPure's code (runners/diffpure_guided.py, inherited from SDEdit)
+  does: x = x0·sqrt(a[t−1]) + e·sqrt(1 − a[t−1]), then p_sample at i = t−1, …, 0, the step at 0 landing on
+  ᾱ = 1 (alphas_cumprod_prev[0] = 1, no noise). Here: the udcbench grid shifted down one index — diffuse with
+  ᾱ_{t*−1}, ε̂ at ⌊t*·k/steps⌋ − 1 for k = steps … 1, then ᾱ = 1. With steps = t* this is DiffPure's chain
+  exactly (t* − 1, …, 0); with fewer steps it is its strided analogue — what diffusers img2img visits with
+  "trailing" spacing, strength t*/T and n = T·steps/t* inference steps, when that n is an integer.
+  visited_timesteps(30, 2, "diffpure") == [29, 14, −1]. Valid t*: 0 … T. With sampler=ddpm and steps = t*
+  the chain is guided-diffusion's p_sample loop (x̂0 clipped to [−1, 1], fixed posterior variance β̃; a model
+  with a learned variance, as guided-diffusion's ImageNet one, would use that instead).
+
+For comparison, diffusers' DDIMScheduler (set_alpha_to_one=True) in img2img keeps the last ⌊n·strength⌋ of
+its n timesteps, diffuses to the first kept one and steps from the last to ᾱ = 1; its grid is anchored at T,
+not t*: "leading" k·⌊T/n⌋ (n = 50: 980, …, 20, 0), "trailing" round(T − k·T/n) − 1 (999, …, 39, 19). With
+n = T every spacing gives DiffPure's chain (strength 0.03: 29, …, 0). udcbench's default grid is "trailing"
+plus one; index 0 is never visited.
 
 Defaults: t* = 30 of T = 1000 and 2 DDIM steps — PROTOCOL §8 measured the best t* at 20–30 (+0.3 dB under
 PGD-8, 0.1 dB clean cost; t* 100 costs 0.6 dB, t* 200 1.4 dB) and DDIM 2 steps within 0.02 dB of 10 steps.
@@ -18,6 +42,7 @@ blended with raised-cosine weights, so there are no seams; smaller ones are refl
 
     defense = PurifyDefense("t=30,steps=2", prior=load_prior("prior.safetensors"))
     purified = defense.transform(images, torch.Generator().manual_seed(0))
+    PurifyDefense("t=100,steps=100,index=diffpure", prior=prior)   # DiffPure's own chain: 99, 98, …, 0
 """
 
 from __future__ import annotations
@@ -33,6 +58,8 @@ from udcbench.registry import register_defense
 from udcbench.errors import SpecError
 
 SAMPLERS = ("ddim", "ddpm")
+INDEXES = ("udcbench", "diffpure")  # how t* indexes the schedule (module docstring); the first is the default
+DEFAULT_INDEX = INDEXES[0]
 DEFAULT_T_STAR = 30
 DEFAULT_STEPS = 2
 DEFAULT_OVERLAP = 16
@@ -41,9 +68,31 @@ DEFAULT_OVERLAP = 16
 AUTO_KEYS = {"loss": 1.0, "n": 4, "eps": 8.0}
 
 
-def reverse_timesteps(t_star: int, steps: int) -> list[int]:
-    """`steps` evenly spaced timesteps from t* down, e.g. (30, 2) -> [30, 15]; the last one steps to clean."""
-    return [t_star * (steps - i) // steps for i in range(steps)]
+def visited_timesteps(t_star: int, steps: int, index: str = DEFAULT_INDEX) -> list[int]:
+    """The schedule indices purification visits, in order: steps + 1 entries (none for t* = 0, which returns
+    the input). The first is the index the input is diffused to; ε̂ is evaluated at the first `steps` entries,
+    each step moving to the next; the last is −1, ᾱ = 1 (the clean image). `purify` runs exactly this list.
+
+        visited_timesteps(30, 2) == [30, 15, -1]                # udcbench: ᾱ_30, ᾱ_15, then ᾱ = 1
+        visited_timesteps(30, 2, "diffpure") == [29, 14, -1]    # DiffPure's t − 1 indexing, strided
+        visited_timesteps(4, 4, "diffpure") == [3, 2, 1, 0, -1] # DiffPure's own chain
+    """
+    check_index(index)
+    if t_star == 0:
+        return []
+    shift = 1 if index == "diffpure" else 0
+    return [t_star * (steps - i) // steps - shift for i in range(steps)] + [-1]
+
+
+def reverse_timesteps(t_star: int, steps: int, index: str = DEFAULT_INDEX) -> list[int]:
+    """The `steps` timesteps where ε̂ is evaluated, e.g. (30, 2) -> [30, 15]; the last one steps to ᾱ = 1."""
+    return visited_timesteps(t_star, steps, index)[:-1]
+
+
+def check_index(index: str) -> None:
+    if index not in INDEXES:
+        raise SpecError(f"unknown index {index!r}; use udcbench (t* is the 0-based schedule index: ᾱ_t*, the default) "
+                        "or diffpure (DiffPure/SDEdit's ᾱ_(t*−1)), e.g. purify:t=100,index=diffpure")
 
 
 def _noise(shape, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
@@ -107,12 +156,16 @@ def predict_noise_tiled(prior: DiffusionPrior, x: torch.Tensor, t: int | torch.T
     return (total / weights)[..., :height, :width]
 
 
-def check_settings(t_star: int, steps: int, sampler: str, T: int | None = None) -> None:
-    """SpecError (with the fix) for a t*, step count or sampler purify cannot use."""
-    if isinstance(t_star, bool) or not isinstance(t_star, int) or t_star < 0 or (T is not None and t_star >= T):
-        upper = f"[0, {T})" if T is not None else "[0, T)"
-        raise SpecError(f"t_star must be an integer timestep in {upper}, got {t_star!r}; PROTOCOL §8 found 20–30 "
-                        "best (purify:t=30)")
+def check_settings(t_star: int, steps: int, sampler: str, T: int | None = None,
+                   index: str = DEFAULT_INDEX) -> None:
+    """SpecError (with the fix) for a t*, step count, sampler or index purify cannot use. index=diffpure counts
+    noise levels 1 … T (schedule index t* − 1), so t* = T is allowed there."""
+    check_index(index)
+    last = None if T is None else (T if index == "diffpure" else T - 1)
+    if isinstance(t_star, bool) or not isinstance(t_star, int) or t_star < 0 or (last is not None and t_star > last):
+        upper = f"[0, {'T' if T is None else T}{']' if index == 'diffpure' else ')'}"
+        raise SpecError(f"t_star must be an integer timestep in {upper}, got {t_star!r}; t* 20–30 purified "
+                        "best in our measurements (purify:t=30)")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1 or (t_star > 0 and steps > t_star):
         raise SpecError(f"steps must be an integer from 1 to t_star={t_star}, got {steps!r}; 2 DDIM steps match 10 "
                         "within 0.02 dB (purify:steps=2)")
@@ -122,14 +175,16 @@ def check_settings(t_star: int, steps: int, sampler: str, T: int | None = None) 
 
 def purify(prior: DiffusionPrior, image: torch.Tensor, t_star: int | torch.Tensor = DEFAULT_T_STAR,
            steps: int = DEFAULT_STEPS, sampler: str = "ddim", generator: torch.Generator | None = None,
-           tile: int | None = None, overlap: int = DEFAULT_OVERLAP) -> torch.Tensor:
+           tile: int | None = None, overlap: int = DEFAULT_OVERLAP, index: str = DEFAULT_INDEX) -> torch.Tensor:
     """Purify (B, 3, H, W) images in [0, 1]: diffuse to t_star, denoise back in `steps` steps; [0, 1] out.
 
-    t_star: forward timestep, 0 ≤ t_star < T (0 returns `image` itself), or a (B,) integer tensor of per-image
-    timesteps (fine-tuning draws one per crop); steps: reverse steps, 1 … t_star (timesteps evenly spaced from
-    t_star down, see `reverse_timesteps`); sampler: "ddim" (η = 0) or "ddpm" (ancestral); generator: source of
-    all noise (the global CPU generator when None); tile: tile side (default prior.size; a multiple of
-    prior.multiple); overlap: tile overlap in px (default 16). Gradients flow to `image` when grad mode is on:
+    t_star: forward timestep (0 returns `image` itself; below T, or up to T with index="diffpure"), or a (B,)
+    integer tensor of per-image timesteps (fine-tuning draws one per crop); steps: reverse steps, 1 … t_star
+    (the schedule indices are `visited_timesteps(t_star, steps, index)`, ending at ᾱ = 1); sampler: "ddim"
+    (η = 0) or "ddpm" (ancestral); generator: source of all noise (the global CPU generator when None); tile:
+    tile side (default prior.size; a multiple of prior.multiple); overlap: tile overlap in px (default 16);
+    index: "udcbench" (t* is the 0-based schedule index, default) or "diffpure" (index t* − 1, as DiffPure's
+    code) — see the module docstring. Gradients flow to `image` when grad mode is on:
 
         purified = purify(prior, images, t_star=30, steps=2, generator=torch.Generator().manual_seed(0))
     """
@@ -140,24 +195,26 @@ def purify(prior: DiffusionPrior, image: torch.Tensor, t_star: int | torch.Tenso
     if per_image and len(values) != image.shape[0]:
         raise SpecError(f"purify got {len(values)} per-image t* for {image.shape[0]} images; give one per image")
     for value in values:
-        check_settings(value, steps, sampler, prior.schedule.T)
+        check_settings(value, steps, sampler, prior.schedule.T, index)
     tile = prior.size if tile is None else tile
     if tile < prior.multiple or tile % prior.multiple or not 0 <= overlap < tile:
         raise SpecError(f"tile {tile} must be a positive multiple of {prior.multiple} and overlap {overlap} within "
                         f"[0, tile); the defaults (tile = prior.size = {prior.size}, overlap 16) work")
     if max(values) == 0:
         return image
+    # The visited schedule indices (steps + 1 of them, the last −1: ᾱ = 1), one list per image when t* is per
+    # image; an image with t* = 0 runs a placeholder chain at index 0 and is put back untouched at the end.
+    chains = [visited_timesteps(value, steps, index) or [0] * steps + [-1] for value in values]
+    visits = [torch.tensor(column, dtype=torch.long) for column in zip(*chains)] if per_image else chains[0]
     schedule = prior.schedule
-    start = torch.tensor(values, dtype=torch.long) if per_image else t_star
     noise = _noise(image.shape, generator, image)
-    x = schedule.q_sample(image * 2 - 1, start, noise)
-    for index in range(steps):
-        t = start * (steps - index) // steps  # reverse_timesteps, per image when t* is
-        previous = start * (steps - index - 1) // steps if index + 1 < steps else -1  # −1: the clean image, ᾱ = 1
+    x = schedule.q_sample(image * 2 - 1, visits[0], noise)
+    for step in range(steps):
+        t, previous = visits[step], visits[step + 1]
         epsilon = predict_noise_tiled(prior, x, t, tile, overlap)
         alpha_t, alpha_s = schedule.alpha_bar(t, x), schedule.alpha_bar(previous, x)
         x0 = ((x - (1 - alpha_t).sqrt() * epsilon) / alpha_t.sqrt()).clamp(-1, 1)
-        if sampler == "ddim" or index + 1 == steps:
+        if sampler == "ddim" or step + 1 == steps:
             x = alpha_s.sqrt() * x0 + (1 - alpha_s).sqrt() * epsilon
         else:  # posterior q(x_s | x_t, x0) of the strided chain (Ho et al. eq. 7 with ᾱ_t/ᾱ_s for α_t)
             beta = 1 - alpha_t / alpha_s
@@ -173,22 +230,25 @@ class PurifyDefense(DefenseComponent):
     """`purify[:ARGS]`: diffusion purification of the attacked input before restoration.
 
     ARGS: comma-separated key=value — t (alias t_star; default 30), steps (2), sampler (ddim|ddpm), tile,
-    overlap (16) — e.g. "t=30", "t=30,steps=4,sampler=ddpm"; a bare number is t. "auto" (or t=auto) leaves
-    t_star None for the runner to choose on the run's clean images (`noise_level.select_t_star`), tuned by
-    loss= (max clean PSNR loss, dB; 1), n= (calibration images; 4), eps= (reference PGD budget in /255; 8).
+    overlap (16), index (udcbench|diffpure: how t* indexes the schedule, see the module docstring; default
+    udcbench) — e.g. "t=30", "t=30,steps=4,sampler=ddpm", "t=100,index=diffpure"; a bare number is t.
+    "auto" (or t=auto) leaves t_star None for the runner to choose on the run's clean images
+    (`noise_level.select_t_star`), tuned by loss= (max clean PSNR loss, dB; 1), n= (calibration images; 4),
+    eps= (reference PGD budget in /255; 8).
     `prior` is the DiffusionPrior (the registered factory loads the bundled one or prior=PATH).
     """
 
     name = "purify"
     randomized = True  # forward noise and DDPM noise: adaptive attacks average over draws (EOT)
     KEYS = {"t": "t_star", "t_star": "t_star", "steps": "steps", "sampler": "sampler", "tile": "tile",
-            "overlap": "overlap"}
+            "overlap": "overlap", "index": "index"}
 
     def __init__(self, argument: str | None = None, prior: DiffusionPrior | None = None,
                  t_star: int | None = DEFAULT_T_STAR, steps: int = DEFAULT_STEPS, sampler: str = "ddim",
-                 tile: int | None = None, overlap: int = DEFAULT_OVERLAP):
+                 tile: int | None = None, overlap: int = DEFAULT_OVERLAP, index: str = DEFAULT_INDEX):
         super().__init__(argument)
-        settings = {"t_star": t_star, "steps": steps, "sampler": sampler, "tile": tile, "overlap": overlap}
+        settings = {"t_star": t_star, "steps": steps, "sampler": sampler, "tile": tile, "overlap": overlap,
+                    "index": index}
         text = (argument or "").strip()
         self.auto: dict[str, float] = {}
         if text:
@@ -209,8 +269,8 @@ class PurifyDefense(DefenseComponent):
                 if key not in self.KEYS or not value:
                     raise SpecError(f"purify argument {piece.strip()!r} is not key=value with a key among "
                                     f"{', '.join(self.KEYS)}; write e.g. purify:t=30,steps=2,sampler=ddim")
-                if key == "sampler":
-                    settings["sampler"] = value.strip()
+                if key in ("sampler", "index"):
+                    settings[key] = value.strip()
                     continue
                 try:
                     settings[self.KEYS[key]] = int(value)
@@ -218,8 +278,9 @@ class PurifyDefense(DefenseComponent):
                     raise SpecError(f"purify {key}={value!r} must be an integer, e.g. purify:t=30") from None
         self.prior, self.t_star, self.steps = prior, settings["t_star"], settings["steps"]
         self.sampler, self.tile, self.overlap = settings["sampler"], settings["tile"], settings["overlap"]
+        self.index = settings["index"]
         check_settings(0 if self.t_star is None else self.t_star, self.steps, self.sampler,
-                       None if prior is None else prior.schedule.T)
+                       None if prior is None else prior.schedule.T, self.index)
         if self.auto and self.t_star is not None:
             raise SpecError(f"purify {', '.join(self.auto)} set the automatic t* choice; add auto "
                             "(purify:auto,loss=1) or drop them")
@@ -235,12 +296,15 @@ class PurifyDefense(DefenseComponent):
             raise SpecError("purify:auto is resolved by the runner; outside it give t* explicitly, e.g. purify:t=30")
         if self.prior is None:
             raise SpecError("purify has no diffusion prior; pass prior=load_prior(path) (or train_prior(...))")
-        return purify(self.prior, image, self.t_star, self.steps, self.sampler, generator, self.tile, self.overlap)
+        return purify(self.prior, image, self.t_star, self.steps, self.sampler, generator, self.tile, self.overlap,
+                      self.index)
 
     def record(self, model_name: str) -> dict:
         found = {"t_star": self.t_star, "steps": self.steps, "sampler": self.sampler,
                  "tile": self.tile if self.tile is not None else getattr(self.prior, "size", None),
                  "overlap": self.overlap, "prior": None if self.prior is None else prior_digest(self.prior)}
+        if self.index != DEFAULT_INDEX:  # only when set, so default runs keep the hashes of earlier versions
+            found["index"] = self.index
         if self.chosen is not None:
             found["auto"] = self.chosen
         return found
@@ -286,4 +350,5 @@ def _registered_purify(argument: str | None = None) -> PurifyDefense:
 register_defense("purify", kind="transform", randomized=True,
                  description="diffusion purification (DiffPure): noise to t*, DDIM/DDPM back to t=0 with an image "
                              "prior; purify:t=30,steps=2,sampler=ddim,prior=PATH; purify:auto picks t* on clean "
-                             "data")(_registered_purify)
+                             "data; index=diffpure counts t* as DiffPure's code (schedule index t*-1)"
+                 )(_registered_purify)

@@ -1,15 +1,22 @@
-"""Restoration models: `load_model(name, weights=None, device="cpu")`."""
+"""Restoration models: `load_model(name, weights=None, device="cpu")`.
+
+A model is named `CONFIG` or `FAMILY` (-> its configuration with bundled weights), optionally followed by
+options that the model registers (`register_model(..., options={"key": Option(default, help, parse)})`):
+`uformer-t:train_patch=256`, several joined by `&` (`NAME:a=1&b=2`; not `,`, which separates models on the
+command line). A model without options refuses any.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 
-from udcbench.errors import SpecError, UnknownNameError
+from udcbench.errors import CheckpointError, SpecError, UnknownNameError
 from udcbench.models.base import InputContract, ModelInfo, RestorationModel
 from udcbench.models.checkpoints import load_into, read_state_dict
-from udcbench.registry import MODELS
+from udcbench.registry import MODELS, Option
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -19,8 +26,67 @@ def bundled_weights(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def split_options(name: str) -> tuple[str, str | None]:
+    """'uformer-t:train_patch=256' -> ('uformer-t', 'train_patch=256'); 'uformer-t' -> ('uformer-t', None)."""
+    base, colon, text = str(name).partition(":")
+    return base.strip(), (text if colon else None)
+
+
+def option_table(config: str) -> dict[str, Option]:
+    """The options a registered configuration takes (empty for most models)."""
+    return dict(MODELS.get(config).info.get("options", {}))
+
+
+def format_model_spec(config: str, options: Mapping[str, Any] | None = None) -> str:
+    """The name that rebuilds this configuration: 'uformer-t:train_patch=128' (every option), or 'nafnet-nano'."""
+    if not options:
+        return config
+    return config + ":" + "&".join(f"{key}={options[key]}" for key in sorted(options))
+
+
+def _example(config: str, table: Mapping[str, Option]) -> str:
+    return format_model_spec(config, {key: option.default for key, option in table.items()})
+
+
+def resolve_options(config: str, text: str | None = None, given: Mapping[str, Any] | None = None) -> dict:
+    """Every option of `config` with its value: the defaults, overridden by `text` ('a=1&b=2') and `given`."""
+    table = option_table(config)
+    example = _example(config, table)
+    if text is not None and not text.strip():
+        hint = f"write e.g. --model {example} or drop the ':'" if table else "drop the ':'"
+        raise SpecError(f"model {config}: nothing follows ':'; {hint}")
+    if not table and (text is not None or given):
+        shown = text if text is not None else "&".join(f"{k}={v}" for k, v in given.items())
+        raise SpecError(f"model {config} takes no options (got {shown!r}); use --model {config}")
+    pieces: list[tuple[str, Any]] = []
+    for piece in (text.split("&") if text is not None else []):
+        key, equals, value = piece.strip().partition("=")
+        if not equals or not key.strip() or not value.strip():
+            raise SpecError(f"model {config}: option {piece.strip()!r} is not key=value; write e.g. --model {example}")
+        pieces.append((key.strip(), value.strip()))
+    pieces += list((given or {}).items())
+    resolved: dict[str, Any] = {key: option.default for key, option in table.items()}
+    seen: dict[str, Any] = {}
+    for key, value in pieces:
+        if key not in table:
+            listing = "; ".join(f"{k} ({o.help}; default {o.default})" for k, o in table.items())
+            raise SpecError(f"model {config} has no option {key!r}; its options: {listing}; e.g. --model {example}")
+        try:
+            parsed = table[key].parse(str(value))
+        except ValueError as error:
+            raise SpecError(f"model {config}: {key}={value} {error}; e.g. --model {example}") from None
+        if key in seen and seen[key] != parsed:
+            raise SpecError(f"model {config}: option {key} is given twice ({seen[key]} and {parsed}); give it once")
+        seen[key] = resolved[key] = parsed
+    return resolved
+
+
 def resolve_name(name: str) -> tuple[str, str | None]:
-    """A configuration name as is, or a family name ('uformer') -> its configuration with bundled weights."""
+    """A configuration name as is, or a family name ('uformer') -> its configuration with bundled weights.
+
+    Options after ':' are ignored here (`load_model` applies them to the resolved configuration).
+    """
+    name, _ = split_options(name)
     names = MODELS.names()
     if name in names:
         return name, None
@@ -36,19 +102,35 @@ def resolve_name(name: str) -> tuple[str, str | None]:
                            "picks its configuration with bundled weights; see `udcbench list models`)")
 
 
+def _load_checked(net, state: dict, source: str, entry, options: dict) -> None:
+    """load_into, with the model's hint (e.g. which train_patch a Uformer checkpoint needs) on a mismatch."""
+    try:
+        load_into(net, state, source)
+    except CheckpointError as error:
+        hint = entry.info.get("checkpoint_hint")
+        text = hint(state, options) if hint else None
+        if not text:
+            raise
+        raise CheckpointError(f"{error}; {text}") from None
+
+
 def load_model(name: str, weights: str | Path | None = None, device: str | torch.device = "cpu",
-               seed: int = 0) -> RestorationModel:
+               seed: int = 0, options: Mapping[str, Any] | None = None) -> RestorationModel:
     """Build a registered model and load its weights.
 
+    name: a configuration or family name, optionally with options: 'uformer-t:train_patch=256' (see
+    `udcbench list models`); `options` gives them as a dict instead (or as well).
     weights: None -> the bundled weights (error if the model has none); "random" -> a seeded random init
     (for smoke tests; results are marked as such); a path -> an official or udcbench checkpoint.
     The returned module is in eval mode with frozen parameters; it maps [0,1] images to [0,1] images.
+    `info.name` is the plain configuration; `info.extra["options"]` holds every option with its value.
     """
     config, family_name = resolve_name(name)
     entry = MODELS.get(config)
+    resolved_options = resolve_options(config, split_options(name)[1], options)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = entry.factory()
+        net = entry.factory(**resolved_options)
     if entry.info.get("weights_free"):
         if weights not in (None, "random"):
             raise SpecError(f"model {config!r} has no trainable weights; drop --weights")
@@ -63,23 +145,24 @@ def load_model(name: str, weights: str | Path | None = None, device: str | torch
             raise SpecError(f"model {config!r} has no bundled weights; pass --weights FILE (an official "
                             f"checkpoint) or --weights random{hint}")
         state, _ = read_state_dict(path)
-        load_into(net, state, str(path))
+        _load_checked(net, state, str(path), entry, resolved_options)
         label = f"bundled:{path.name}"
     elif str(weights) == "random":
         label = "random"
     else:
         state, _ = read_state_dict(weights)
         convert = entry.info.get("convert_state")  # e.g. legacy weight-norm keys -> this model's keys
-        load_into(net, convert(state) if convert else state, str(weights))
+        _load_checked(net, convert(state) if convert else state, str(weights), entry, resolved_options)
         label = str(Path(weights).resolve())
     parameters = sum(p.numel() for p in net.parameters())
     info = ModelInfo(name=config, family=entry.info.get("family", config), weights=label, parameters=parameters,
                      contract=entry.info["contract"], resolved_from=family_name,
-                     extra={"paper": entry.info.get("paper", "")})
+                     extra={"paper": entry.info.get("paper", ""), "options": resolved_options})
     model = RestorationModel(net, info).to(device).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model
 
 
-__all__ = ["InputContract", "ModelInfo", "RestorationModel", "bundled_weights", "load_model", "resolve_name"]
+__all__ = ["InputContract", "ModelInfo", "RestorationModel", "bundled_weights", "format_model_spec", "load_model",
+           "option_table", "resolve_name", "resolve_options", "split_options"]

@@ -10,6 +10,27 @@ input. Module names and tensor shapes follow the official release so its checkpo
 Tokens are kept as (B, H·W, C) with the spatial size passed alongside. Each stage needs its side to be a
 multiple of the window, so the input side must be a multiple of 16·win_size (128 for win_size 8); the model
 wrapper (`udcbench.models.base`) pads to that (the official test script zero-pads to a centred square).
+
+The training patch (`train_patch`, the official `img_size`). The official code decides at construction, from
+the side of its training crops (`get_arch` builds `Uformer(img_size=opt.train_ps, ...)`), which stages are
+"one window": a stage whose side img_size/2^level (level 0-4; the bottleneck is level 4) is at most win_size
+gets no shifted windows and a window of that side, at every input size later. With win_size 8:
+
+    train_patch   stages at most one window                       effect
+    >= 256        none                                            every second block shifted
+    128           bottleneck (side 8)                             bottleneck unshifted
+    64            bottleneck (side 4) and level 3 (side 8)        those unshifted; bottleneck window 4
+
+128 and >= 256 give tensors of the same shapes but different outputs (the bottleneck's second block is
+shifted or not), so a checkpoint loads under either and only the option says which the authors built;
+64 shrinks the bottleneck's relative position tables, so its checkpoints load only under train_patch=64
+(udcbench says so when they do not). udcbench's default is 128 for every configuration: the official
+options and every official test script default to `--train_ps 128` (the SIDD release was trained at 128;
+the GoPro release at 256 but is evaluated by the authors' test script at the default 128); no public
+UDC-trained Uformer that fits these configurations states another patch (UDC-SIT's 4-channel Uformer was
+trained at 1280, which builds like 256). Set it per run with
+`--model uformer-t:train_patch=256` (API: `load_model("uformer-t:train_patch=256", ...)`); the value is
+recorded in `model.info.extra["options"]`. The bundled `uformer-nano` was trained on 128-px crops.
 """
 
 from __future__ import annotations
@@ -18,9 +39,49 @@ import torch
 from torch import nn
 
 from udcbench.models.base import InputContract
-from udcbench.registry import register_model
+from udcbench.registry import Option, register_model
 
 HEADS = (1, 2, 4, 8, 16, 16, 8, 4, 2)
+TRAIN_PATCH = 128  # the official options' `--train_ps` default, used by every official test script
+LEVELS = 5  # stage sides are img_size / 2^level, level 0 (full size) to 4 (bottleneck)
+
+
+def stage_window(resolution: int, win: int, shift: int) -> tuple[int, int]:
+    """The official rule: a stage no larger than a window is one window, unshifted -> (window, shift)."""
+    return (resolution, 0) if resolution <= win else (win, shift)
+
+
+def train_patch_problem(img_size: int, win_size: int = 8, modulator: bool = False) -> str | None:
+    """Why the official code could not have been trained at `img_size` (None when it could).
+
+    Training crops of that side pass every stage: each side img_size/2^level is whole and either a multiple
+    of the window or at most one window (then the window shrinks to it, and must divide win_size so that any
+    input padded to 16·win_size tiles into it); with the modulator (win_size² entries, added per window) the
+    decoder stages (levels 0-3) must be at least one window wide.
+    """
+    if img_size < 1:
+        return "must be a positive number of pixels"
+    sides = [img_size / 2 ** level for level in range(LEVELS)]
+    listed = ", ".join(f"{side:g}" for side in sides)
+    if img_size % 2 ** (LEVELS - 1):
+        return f"gives stage sides {listed}, not all whole (it must be a multiple of {2 ** (LEVELS - 1)})"
+    for level, side in enumerate(map(int, sides)):
+        if side > win_size and side % win_size:
+            return (f"gives stage sides {listed}: {side} is neither a multiple of the {win_size}-px window nor "
+                    "at most one window")
+        if side <= win_size and win_size % side:
+            return f"gives stage sides {listed}: the one-window stage of side {side} does not divide the window"
+        if modulator and level < LEVELS - 1 and side < win_size:
+            return (f"gives stage sides {listed}: decoder stage {side} px is narrower than the {win_size}-px "
+                    f"window its modulator needs ({win_size}×{win_size} positions)")
+    return None
+
+
+def valid_train_patches(win_size: int = 8, modulator: bool = False) -> str:
+    """Text listing the accepted patches: the ones below 16·win_size, then 'or a multiple of 16·win_size'."""
+    full = 2 ** (LEVELS - 1) * win_size
+    small = [p for p in range(1, full) if train_patch_problem(p, win_size, modulator) is None]
+    return ", ".join(map(str, small)) + f" or a multiple of {full}" if small else f"a multiple of {full}"
 
 
 def window_partition(x: torch.Tensor, win: int) -> torch.Tensor:
@@ -106,12 +167,13 @@ class LeWinBlock(nn.Module):
     def __init__(self, dim: int, heads: int, win: int, shift: int, mlp_ratio: float, modulator: bool,
                  resolution: int):
         super().__init__()
-        if resolution <= win:  # the official rule: a stage no larger than a window is one window, unshifted
-            win, shift = resolution, 0
-        self.win, self.shift = win, shift
+        # `resolution` is the stage side at the training patch; the official rule applies at construction
+        self.win, self.shift = stage_window(resolution, win, shift)
+        # sized with the configured window, as in the official code (a decoder stage narrower than a window
+        # cannot run there either; `train_patch_problem` refuses such patches)
         self.modulator = nn.Embedding(win * win, dim) if modulator else None
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, win, heads)
+        self.attn = WindowAttention(dim, self.win, heads)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = LeFF(dim, int(dim * mlp_ratio))
 
@@ -203,17 +265,24 @@ class OutputProj(nn.Module):
 class Uformer(nn.Module):
     """Uformer with the official constructor's structure.
 
-    Args: img_size (256; only decides, as in the official code, which stages are a single unshifted window),
+    Args: img_size (the training patch, official default 256 — the registered configurations pass their
+    `train_patch` option, 128 unless set; it only decides, as in the official code, which stages are a single
+    unshifted window: those whose side img_size/2^level is at most win_size, see the module docstring),
     in_chans 3, embed_dim 32, depths (2,)*9, num_heads (1,2,4,8,16,16,8,4,2), win_size 8, mlp_ratio 4,
     modulator False (True in the released Uformer-T/S/B).
     Shapes: (B, 3, H, W) -> (B, 3, H, W), H and W multiples of 16·win_size.
+    Raises ValueError for an img_size the official code could not be trained at (`train_patch_problem`).
     """
 
     def __init__(self, img_size: int = 256, in_chans: int = 3, embed_dim: int = 32,
                  depths=(2,) * 9, num_heads=HEADS, win_size: int = 8, mlp_ratio: float = 4.0,
                  modulator: bool = False):
         super().__init__()
-        self.win_size = win_size
+        problem = train_patch_problem(img_size, win_size, modulator)
+        if problem:
+            valid = valid_train_patches(win_size, modulator)
+            raise ValueError(f"Uformer img_size={img_size} {problem}; use {valid}")
+        self.img_size, self.win_size = img_size, win_size
         e = embed_dim
 
         def stage(dim, i, level, mod=False):
@@ -259,12 +328,12 @@ class Uformer(nn.Module):
         return x + self.output_proj(y, h, w)
 
 
-CONFIGS = {
-    "uformer-t": dict(embed_dim=16, depths=(2,) * 9, modulator=True),
-    "uformer-s": dict(embed_dim=32, depths=(2,) * 9, modulator=True),
-    "uformer-b": dict(embed_dim=32, depths=(1, 2, 8, 8, 2, 8, 8, 2, 1), modulator=True),
+CONFIGS = {  # img_size: the default training patch (`train_patch` option; module docstring)
+    "uformer-t": dict(embed_dim=16, depths=(2,) * 9, modulator=True, img_size=TRAIN_PATCH),
+    "uformer-s": dict(embed_dim=32, depths=(2,) * 9, modulator=True, img_size=TRAIN_PATCH),
+    "uformer-b": dict(embed_dim=32, depths=(1, 2, 8, 8, 2, 8, 8, 2, 1), modulator=True, img_size=TRAIN_PATCH),
     "uformer-nano": dict(embed_dim=8, depths=(1, 1, 1, 1, 2, 1, 1, 1, 1), num_heads=(1, 1, 2, 4, 8, 8, 4, 2, 1),
-                         modulator=True, mlp_ratio=2.0, img_size=128),
+                         modulator=True, mlp_ratio=2.0, img_size=128),  # its bundled weights: 128-px crops
 }
 
 CONTRACT = InputContract(value_range=(0.0, 1.0), tone_mapping=None, pad_multiple=128, square=True,
@@ -274,12 +343,58 @@ CONTRACT = InputContract(value_range=(0.0, 1.0), tone_mapping=None, pad_multiple
 PAPER = "Wang et al., Uformer: A General U-Shaped Transformer for Image Restoration, CVPR 2022"
 
 
+def _window_and_modulator(config: str) -> tuple[int, bool]:
+    return CONFIGS[config].get("win_size", 8), CONFIGS[config].get("modulator", False)
+
+
+def _train_patch_option(config: str) -> Option:
+    win, modulator = _window_and_modulator(config)
+
+    def parse(text: str) -> int:
+        try:
+            value = int(str(text).strip())
+        except ValueError:
+            raise ValueError(f"must be a whole number of pixels ({valid_train_patches(win, modulator)})") from None
+        problem = train_patch_problem(value, win, modulator)
+        if problem:
+            raise ValueError(f"{problem}; use {valid_train_patches(win, modulator)}")
+        return value
+
+    return Option(default=CONFIGS[config]["img_size"], parse=parse,
+                  help="side in px of the training crops the checkpoint was trained at, the official --train_ps; "
+                       "it decides which stages are one unshifted window")
+
+
+def _checkpoint_hint(config: str):
+    """For a checkpoint that does not fit: the train_patch its bottleneck window implies, if another one."""
+    win, _ = _window_and_modulator(config)
+    scale = 2 ** (LEVELS - 1)  # train_patch / bottleneck side
+
+    def hint(state: dict, options: dict) -> str | None:
+        table = state.get("conv.blocks.0.attn.relative_position_bias_table")
+        if table is None or table.ndim != 2:
+            return None
+        window = (round(table.shape[0] ** 0.5) + 1) // 2  # (2w-1)² rows
+        if window > win or window == stage_window(options["train_patch"] // scale, win, 0)[0]:
+            return None  # not what differs
+        if window == win:
+            return (f"its windows are full size in every stage, so it was trained at train_patch {scale * win} or "
+                    f"larger: pass --model {config}:train_patch={max(scale * win, TRAIN_PATCH)} (or the patch it "
+                    "was trained at; the shapes cannot tell those apart)")
+        return (f"its bottleneck window is {window} px, so it was trained at train_patch={scale * window}: pass "
+                f"--model {config}:train_patch={scale * window}")
+
+    return hint
+
+
 def _factory(config: str):
-    def build() -> Uformer:
-        return Uformer(**CONFIGS[config])
+    def build(train_patch: int = CONFIGS[config]["img_size"]) -> Uformer:
+        return Uformer(**{**CONFIGS[config], "img_size": train_patch})
     return build
 
 
 for _name in CONFIGS:
     register_model(_name, family="uformer", contract=CONTRACT, paper=PAPER,
-                   checkpoint_format="{'state_dict': ...} from DataParallel ('module.' prefix)")(_factory(_name))
+                   checkpoint_format="{'state_dict': ...} from DataParallel ('module.' prefix)",
+                   options={"train_patch": _train_patch_option(_name)},
+                   checkpoint_hint=_checkpoint_hint(_name))(_factory(_name))

@@ -1,6 +1,13 @@
 """`udcbench check`: the CI gate. The leaderboard of a results folder is compared, configuration by
 configuration, with a committed baseline leaderboard CSV (as `udcbench leaderboard DIR --format csv` writes it).
 
+A configuration is identified by every identity column the baseline has: the classic ones (model, weights,
+defense, threat, attack, objective, eps, steps, seed) in baselines of older versions, and also data, split,
+attack settings, mask, EOT draws, batch size, precision, scoring, model options, weights digest and device in
+current ones (the run hash only breaks ties between runs no label tells apart). When several runs of the
+results match one baseline row — runs an older baseline cannot tell apart — that row fails as ambiguous,
+naming what differs, instead of being compared with an average of different experiments.
+
 It fails when a baseline configuration is missing, when a configuration was scored on a different number of
 images, or when a metric (psnr_*, ssim_*, lpips_*) moved by more than the tolerance: absolute, in dB for PSNR
 columns and in metric units for SSIM and LPIPS columns. Configurations that are new are reported and fail only
@@ -16,7 +23,8 @@ from pathlib import Path
 import pandas as pd
 
 from udcbench.errors import SpecError, UdcbenchError
-from udcbench.report.leaderboard import KEYS, METRICS, OPTIONAL, UNDEFENDED, summarise
+from udcbench.report.identity import IDENTITY, KEYS, RUN, SETTINGS, describe
+from udcbench.report.leaderboard import METRICS, OPTIONAL, UNDEFENDED, summarise
 from udcbench.report.tables import higher_is_better
 
 METRIC_PREFIXES = ("psnr_", "ssim_", "lpips_")
@@ -32,7 +40,7 @@ class BaselineError(UdcbenchError):
 class Finding:
     """One thing the check reports: a metric that moved, a missing or new configuration, an image count."""
 
-    kind: str  # "moved", "missing", "images" or "new"
+    kind: str  # "moved", "missing", "images", "ambiguous" or "new"
     configuration: str
     metric: str | None = None
     baseline: float | None = None
@@ -44,6 +52,10 @@ class Finding:
             return f"missing (in baseline, not in results): {self.configuration} ({self.baseline:.0f} images)"
         if self.kind == "new":
             return f"new (not in baseline): {self.configuration} ({self.now:.0f} images)"
+        if self.kind == "ambiguous":
+            return (f"ambiguous: {self.configuration} matches {self.now:.0f} runs of the results, which differ in "
+                    f"{self.metric}; regenerate the baseline with `udcbench leaderboard DIR --format csv` (one row "
+                    "per run, with every setting) or keep those runs in separate folders")
         if self.kind == "images":
             return (f"{self.configuration}: scored on {self.now:.0f} images, the baseline on "
                     f"{self.baseline:.0f}")
@@ -83,12 +95,14 @@ class CheckResult:
                  f"±{self.ssim_tolerance:g} SSIM of {self.baseline}")
         if self.passed:
             return f"check passed: {scope}" + (f"; {len(self.new)} new rows not in baseline" if self.new else "")
-        counts = {kind: sum(f.kind == kind for f in self.failures) for kind in ("moved", "missing", "images")}
+        counts = {kind: sum(f.kind == kind for f in self.failures)
+                  for kind in ("moved", "missing", "images", "ambiguous")}
         def plural(n: int, word: str) -> str:
             return f"{n} {word}{'' if n == 1 else 's'}"
 
         parts = [f"{plural(counts['moved'], 'cell')} moved", f"{plural(counts['missing'], 'baseline row')} missing",
-                 f"{plural(counts['images'], 'row')} with another image count"]
+                 f"{plural(counts['images'], 'row')} with another image count",
+                 f"{plural(counts['ambiguous'], 'baseline row')} matching several runs"]
         parts = [part for part, count in zip(parts, counts.values()) if count]
         if self.strict and self.new:
             parts.append(f"{len(self.new)} new rows (--strict)")
@@ -108,10 +122,21 @@ def _key_text(value) -> str:
 
 
 def configuration(key: dict) -> str:
-    """'uformer-nano · none · gray-box · pgd 8/255 · mse-clean · steps 20 · seed 0 · weights bundled'."""
+    """'uformer-nano · none · gray-box · pgd 8/255 · mse-clean · steps 20 · seed 0 · weights bundled', then the
+    settings of the key that are not at their defaults ('· data synth:/d · attack settings basis=dct')."""
     attack = key["attack"] if key["eps"] in ("-", "") else f"{key['attack']} {key['eps']}"
-    return (f"{key['model']} · {key['defense']} · {key['threat']} · {attack} · {key['objective']} · "
+    text = (f"{key['model']} · {key['defense']} · {key['threat']} · {attack} · {key['objective']} · "
             f"steps {key['steps']} · seed {key['seed']} · weights {key['weights']}")
+    extra = describe(key, [c for c in SETTINGS if c in key])
+    return f"{text} · {extra}" if extra else text
+
+
+def key_columns(frame: pd.DataFrame) -> list[str]:
+    """The identity columns a baseline has (KEYS in older baselines); the run hash only where labels tie."""
+    columns = [c for c in IDENTITY if c in frame.columns and c != RUN]
+    if RUN in frame.columns and frame.duplicated(columns).any():
+        columns.append(RUN)
+    return columns
 
 
 def read_baseline(path: str | Path) -> pd.DataFrame:
@@ -137,7 +162,7 @@ def read_baseline(path: str | Path) -> pd.DataFrame:
             raise BaselineError(f"baseline {path}: column {column} holds {text[index]!r} on line {index + 2}, "
                                 f"not a number; {fix}")
         frame[column] = numbers.astype(float)
-    duplicated = frame.duplicated(KEYS)
+    duplicated = frame.duplicated(key_columns(frame))
     if duplicated.any():
         raise BaselineError(f"baseline {path} lists one configuration twice (line {duplicated.idxmax() + 2}); "
                             f"keep one row per configuration")
@@ -151,19 +176,29 @@ def compare(current: pd.DataFrame, baseline: pd.DataFrame, tolerance: float = 0.
         if not value >= 0:
             raise SpecError(f"{name} must be a non-negative number, got {value}")
 
-    def keyed(frame: pd.DataFrame) -> dict:
-        return {tuple(_key_text(v) for v in row[KEYS]): row for _, row in frame.iterrows()}
+    keys = key_columns(baseline)
 
-    now, before = keyed(current), keyed(baseline)
+    def keyed(frame: pd.DataFrame) -> dict:
+        groups: dict = {}
+        for _, row in frame.iterrows():
+            groups.setdefault(tuple(_key_text(row.get(k)) for k in keys), []).append(row)
+        return groups
+
+    now, before = keyed(current), {key: rows[0] for key, rows in keyed(baseline).items()}
     metrics = [c for c in baseline.columns if c.startswith(METRIC_PREFIXES) and c in current.columns]
     failures, compared = [], 0
     for key, old in before.items():
-        label = configuration(dict(zip(KEYS, key)))
+        label = configuration(dict(zip(keys, key)))
         if key not in now:
             failures.append(Finding("missing", label, baseline=float(old["images"])))
             continue
+        if len(now[key]) > 1:
+            differing = [c for c in IDENTITY if c not in keys and c in current
+                         and len({_key_text(r[c]) for r in now[key]}) > 1]
+            failures.append(Finding("ambiguous", label, ", ".join(differing), now=float(len(now[key]))))
+            continue
         compared += 1
-        new = now[key]
+        new = now[key][0]
         if int(new["images"]) != int(old["images"]):
             failures.append(Finding("images", label, baseline=float(old["images"]), now=float(new["images"])))
         for metric in metrics:
@@ -173,8 +208,8 @@ def compare(current: pd.DataFrame, baseline: pd.DataFrame, tolerance: float = 0.
             allowed = tolerance if metric.startswith("psnr_") else ssim_tolerance
             if math.isnan(was) or math.isnan(is_) or abs(is_ - was) > allowed + SLACK:
                 failures.append(Finding("moved", label, metric, was, is_, allowed))
-    fresh = tuple(Finding("new", configuration(dict(zip(KEYS, key))), now=float(row["images"]))
-                  for key, row in now.items() if key not in before)
+    fresh = tuple(Finding("new", configuration(dict(zip(keys, key))), now=float(row["images"]))
+                  for key, rows in now.items() if key not in before for row in rows)
     return CheckResult(baseline=baseline_name, failures=tuple(failures), new=fresh, rows=compared,
                        metrics=len(metrics), tolerance=tolerance, ssim_tolerance=ssim_tolerance, strict=strict)
 

@@ -1,16 +1,20 @@
-"""Leaderboards, always recomputed from stored rows: one row per (model, weights, defense, threat, attack,
-eps, steps, objective, seed), mean over images. Written as Markdown (tabulate) and CSV, atomically."""
+"""Leaderboards, always recomputed from stored rows: one row per run (run hash) — exactly one experiment —
+with the mean of every metric over its images. Rows are labelled by the classic columns (model, weights,
+defense, threat, attack, objective, eps, steps, seed) and by whichever further settings differ between runs
+(data, split, attack settings, mask, EOT draws, batch size, precision, scoring, model options, weights
+digest, device; see identity.py). Written as Markdown (tabulate) and CSV, atomically."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pandas as pd
 from tabulate import tabulate
 
-KEYS = ["model", "weights", "defense", "threat", "attack", "objective", "eps", "steps", "seed"]
+from udcbench.report.identity import (IDENTITY, KEYS, RUN, SETTINGS, defense_label, format_eps,  # noqa: F401
+                                      label_rows, shared_settings, shown_columns, weights_label)
+
 METRICS = [("psnr_clean_gt", "clean PSNR"), ("ssim_clean_gt", "clean SSIM"),
            ("psnr_adv_gt", "attacked PSNR"), ("ssim_adv_gt", "attacked SSIM"),
            ("psnr_adv_clean", "attacked PSNR vs clean out"), ("ssim_adv_clean", "attacked SSIM vs clean out")]
@@ -18,82 +22,48 @@ METRICS = [("psnr_clean_gt", "clean PSNR"), ("ssim_clean_gt", "clean SSIM"),
 UNDEFENDED = [("psnr_clean_gt_undefended", "undefended clean PSNR"), ("ssim_clean_gt_undefended", "undefended clean SSIM"),
               ("psnr_adv_gt_undefended", "undefended attacked PSNR"),
               ("ssim_adv_gt_undefended", "undefended attacked SSIM"), ("psnr_clean_loss", "clean PSNR loss")]
-# shown only when some row has them: LPIPS (runs with --lpips) and black-box query counts
+# shown only when some row has them: LPIPS (runs with --lpips) and black-box query / iteration counts
 OPTIONAL = [("lpips_clean_gt", "clean LPIPS"), ("lpips_adv_gt", "attacked LPIPS"),
-            ("lpips_adv_clean", "attacked LPIPS vs clean out"), ("queries", "queries")]
-DIGITS = {"psnr": 2, "ssim": 4, "lpips": 4, "queries": 0}
+            ("lpips_adv_clean", "attacked LPIPS vs clean out"), ("queries", "queries"), ("iterations", "iterations")]
+# shown when some run's attack has no fixed budget (C&W): the size of δ is then the robustness measure
+NORMS = [("l2", "‖δ‖₂"), ("linf", "‖δ‖∞")]
+DIGITS = {"psnr": 2, "ssim": 4, "lpips": 4, "queries": 0, "iterations": 0, "l2": 4, "linf": 4}
 
 
 def has_defense(table: pd.DataFrame) -> bool:
     return "defense" in table and bool((table["defense"] != "none").any())
 
 
+def unbudgeted(table: pd.DataFrame) -> bool:
+    """True when some row's attack has no fixed budget (its eps label is '-', as for C&W)."""
+    return "eps" in table and bool((table["eps"] == "-").any())
+
+
 def _metrics(table: pd.DataFrame) -> list[tuple[str, str]]:
     undefended = [(m, label) for m, label in UNDEFENDED if m in table and table[m].notna().any()]
     undefended = undefended if has_defense(table) else []
-    return undefended + METRICS + [(m, label) for m, label in OPTIONAL if m in table and table[m].notna().any()]
-
-
-def defense_label(spec: str, params: str | None) -> str:
-    """The defense spec, with the t* that purify:auto chose: 'purify:auto+ft' → 'purify:auto(t*=30)+ft'."""
-    if not isinstance(params, str) or "auto" not in spec:
-        return spec
-    chosen = [part["t_star"] for part in json.loads(params) if part.get("component") == "purify" and "auto" in part]
-    parts = spec.split("+")
-    for index, part in enumerate(parts):
-        if part.startswith("purify:") and "auto" in part and chosen:
-            parts[index] = f"{part}(t*={chosen.pop(0)})"
-    return "+".join(parts)
-
-
-def format_eps(eps: float | None, norm: str | None = "linf") -> str:
-    """8/255 for L∞ budgets on the 1/255 grid, 'L2 1' for L2 budgets, '-' for attacks without one (C&W)."""
-    if eps is None or eps != eps:  # None or NaN
-        return "-"
-    if norm == "l2":
-        return f"L2 {eps:.4g}"
-    k = eps * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
-
-
-def weights_label(label: str) -> str:
-    if label == "random":
-        return "RANDOM (untrained)"
-    if label.startswith("bundled:"):
-        return "bundled"
-    if label.startswith("none"):
-        return "none"
-    return Path(label).name
-
-
-def label_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    """A copy of stored rows with the leaderboard's labels: eps as '8/255' / 'L2 1' / '-', steps as '20' / '-',
-    weights as 'bundled' / 'RANDOM (untrained)' / the file name, defense with the t* that purify:auto chose."""
-    frame = rows.copy()
-    norms = frame["norm"] if "norm" in frame else pd.Series("linf", index=frame.index)
-    frame["eps"] = [format_eps(eps, norm) for eps, norm in zip(frame["eps"], norms)]
-    frame["steps"] = ["-" if steps is None or steps != steps else str(int(steps)) for steps in frame["steps"]]
-    frame["weights"] = frame["weights"].map(weights_label)
-    if "defense_params" in frame:
-        frame["defense"] = [defense_label(d, p) for d, p in zip(frame["defense"], frame["defense_params"])]
-    return frame
+    optional = [(m, label) for m, label in OPTIONAL if m in table and table[m].notna().any()]
+    norms = [(m, label) for m, label in NORMS if m in table and table[m].notna().any()] if unbudgeted(table) else []
+    return undefended + METRICS + norms + optional
 
 
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean of each metric per configuration; PSNR to 2 decimals, SSIM to 4, in a stable order."""
+    """One line per run hash: its labels (IDENTITY), the image count and the mean of each metric (PSNR to 2
+    decimals, SSIM to 4), sorted by the labels."""
     if rows.empty:
-        return pd.DataFrame(columns=KEYS + ["images"] + [m for m, _ in METRICS])
+        return pd.DataFrame(columns=IDENTITY + ["images"] + [m for m, _ in METRICS])
     frame = label_rows(rows)
     if "psnr_clean_gt_undefended" in frame:
         frame["psnr_clean_loss"] = frame["psnr_clean_gt_undefended"] - frame["psnr_clean_gt"]
-    grouped = frame.groupby(KEYS, sort=True, dropna=False)
     metrics = _metrics(frame)
-    table = grouped[[m for m, _ in metrics]].mean()
-    table.insert(0, "images", grouped.size())
-    table = table.reset_index()
+    grouped = frame.groupby(RUN, sort=False)
+    table = grouped[[c for c in IDENTITY if c != RUN]].first()
+    table["images"] = grouped.size()
+    table = table.join(grouped[[m for m, _ in metrics]].mean()).reset_index()
+    table = table[IDENTITY + ["images"] + [m for m, _ in metrics]]
     for metric, _ in metrics:
-        table[metric] = table[metric].round(DIGITS[metric.split("_")[0]])
-    return table
+        table[metric] = table[metric].astype(float).round(DIGITS[metric.split("_")[0]])
+    return table.sort_values(IDENTITY, kind="stable").reset_index(drop=True)
 
 
 def threat_comparison(table: pd.DataFrame) -> pd.DataFrame:
@@ -101,9 +71,10 @@ def threat_comparison(table: pd.DataFrame) -> pd.DataFrame:
     (and SSIM) of each, and how much the adaptive attack takes back. Empty when no configuration has both."""
     if table.empty or "threat" not in table or table["threat"].nunique() < 2:
         return pd.DataFrame()
-    keys = [k for k in KEYS if k != "threat"]
-    gray = table[table["threat"] == "gray-box"].set_index(keys)
-    adaptive = table[table["threat"] == "adaptive"].set_index(keys)
+    keys = [k for k in IDENTITY if k not in ("threat", "eot", RUN) and k in table]
+    unique = table[~table.duplicated(keys + ["threat"], keep=False)]
+    gray = unique[unique["threat"] == "gray-box"].set_index(keys)
+    adaptive = unique[unique["threat"] == "adaptive"].set_index(keys)
     both = gray.index.intersection(adaptive.index)
     if not len(both):
         return pd.DataFrame()
@@ -115,7 +86,9 @@ def threat_comparison(table: pd.DataFrame) -> pd.DataFrame:
     frame["adaptive − gray-box"] = (frame["adaptive PSNR"] - frame["gray-box PSNR"]).round(2)
     frame["gray-box SSIM"] = gray.loc[both, "ssim_adv_gt"]
     frame["adaptive SSIM"] = adaptive.loc[both, "ssim_adv_gt"]
-    return frame.reset_index()
+    frame = frame.reset_index()
+    constant = [k for k in keys if k not in KEYS and frame[k].nunique(dropna=False) <= 1]
+    return frame.drop(columns=constant)
 
 
 def write_atomic(path: str | Path, data: str | bytes) -> Path:
@@ -136,15 +109,22 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
 
 def to_markdown(table: pd.DataFrame) -> str:
     metrics = _metrics(table)
-    headers = KEYS + ["images"] + [label for _, label in metrics]
-    formats = [""] * (len(KEYS) + 1) + [f".{DIGITS[m.split('_')[0]]}f" for m, _ in metrics]
-    cells = table[KEYS + ["images"] + [m for m, _ in metrics]].astype(object)
+    keys = shown_columns(table)
+    headers = [{RUN: "run"}.get(k, k) for k in keys] + ["images"] + [label for _, label in metrics]
+    formats = [""] * (len(keys) + 1) + [f".{DIGITS[m.split('_')[0]]}f" for m, _ in metrics]
+    cells = table[keys + ["images"] + [m for m, _ in metrics]].astype(object)
     cells = cells.where(cells.notna(), None)  # NaN (no LPIPS, no queries) prints as '-'
     body = tabulate(cells.values.tolist(), headers=headers,
                     tablefmt="pipe", floatfmt=formats, missingval="-")
-    note = ("PSNR in dB against ground truth (clean, attacked) and against the clean output; mean over images. "
-            "threat gray-box: attacks crafted on the undefended model, then defended; adaptive: attacks "
-            "differentiate through the defense (BPDA, EOT).")
+    note = ("One row per run (one experiment). PSNR in dB against ground truth (clean, attacked) and against the "
+            "clean output; the mean over images of per-image PSNR/SSIM. threat gray-box: attacks crafted on the "
+            "undefended model, then defended; adaptive: attacks differentiate through the defense (BPDA, EOT).")
+    if unbudgeted(table):
+        note += (" Attacks without a fixed budget (eps '-', e.g. C&W) are measured by the size of δ: mean ‖δ‖₂ "
+                 "and ‖δ‖∞ over images.")
+    shared = shared_settings(table)
+    if shared:
+        note += " Every row: " + "; ".join(shared) + "."
     if has_defense(table):
         note += (" With a defense, clean/attacked columns are the defended outputs; 'undefended' columns send the "
                  "same inputs through the bare model, and clean PSNR loss = undefended − defended clean PSNR.")

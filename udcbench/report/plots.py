@@ -28,7 +28,8 @@ CLEAN_COUNTERPART = {"psnr_adv_gt": "psnr_clean_gt", "ssim_adv_gt": "ssim_clean_
                      "ssim_adv_gt_undefended": "ssim_clean_gt_undefended"}
 LINE_DIMENSIONS = ("model", "defense", "threat")
 # shown in a line's label too when they differ between the runs of one subplot
-OTHER_DIMENSIONS = ("weights", "objective", "steps", "seed", "data", "split", "mask", "eot")
+OTHER_DIMENSIONS = ("weights", "objective", "steps", "seed", "data", "split", "mask", "eot", "settings",
+                    "batch_size", "precision", "scoring", "model_options", "weights_digest", "device")
 PANEL_IMAGES = (("degraded", "degraded y"), ("adversarial", "attacked y′"), ("restored", "restored f(y)"),
                 ("restored_adv", "restored f(y′)"), ("defended_adv", "defended D(y′)"), ("gt", "ground truth"))
 HEADER, LEFT, GAP = 44, 180, 6  # pixels: column titles, row labels, space between tiles
@@ -83,6 +84,8 @@ def eps_curves(rows: pd.DataFrame, metric: str = "psnr_gt") -> dict[tuple[str, s
     for attack, norm in sorted({(a, n) for a, n in zip(frame["attack"], frame["norm"])}):
         part = frame[(frame["attack"] == attack) & (frame["norm"] == norm)]
         dims = LINE_DIMENSIONS + tuple(d for d in OTHER_DIMENSIONS if part[d].nunique() > 1)
+        if (part.groupby(list(dims) + ["eps_value"])["run"].nunique() > 1).any():
+            dims += ("run",)  # runs that differ only in what no label shows: one line each, never averaged
         for key, line in part.groupby(list(dims), sort=False):
             label = " · ".join(key[:3]) + "".join(f" · {d} {v}" for d, v in zip(dims[3:], key[3:]))
             order[label] = tuple(sort_key(d, v) for d, v in zip(LINE_DIMENSIONS, key[:3])) + (label,)

@@ -4,8 +4,9 @@
     table = pivot(store.rows(), rows_by=["model", "defense"], cols_by=["attack", "eps"], metric="psnr_gt")
     print(to_latex(table))
 
-A dimension that is in neither rows nor columns must be single-valued inside every cell; otherwise the cell
-would average different experiments, and `pivot` says which dimension to add or filter on.
+A dimension that is in neither rows nor columns must be single-valued inside every cell, and every cell must
+hold exactly one run (run hash); otherwise the cell would average different experiments, and `pivot` says
+which dimension to add or filter on.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ import pandas as pd
 from tabulate import tabulate
 
 from udcbench.errors import SpecError, UnknownNameError
-from udcbench.report.leaderboard import DIGITS, label_rows
+from udcbench.report.identity import DEFAULT_LABELS, label_rows
+from udcbench.report.leaderboard import DIGITS
 
 DIMENSIONS = ("model", "weights", "defense", "threat", "attack", "objective", "eps", "steps", "seed", "data",
-              "split", "norm", "eot", "mask")
+              "split", "norm", "eot", "mask", "settings", "batch_size", "precision", "scoring", "model_options",
+              "weights_digest", "device", "run")
+# settings added in 0.2: left out of captions at their defaults (scoring is always stated)
+NEW_DIMENSIONS = ("settings", "batch_size", "precision", "model_options", "device")
 DEFAULT_ROWS = ("model", "defense")
 DEFAULT_COLUMNS = ("attack", "eps")
 METRIC_NAMES = {"psnr_gt": "psnr_adv_gt", "ssim_gt": "ssim_adv_gt", "lpips_gt": "lpips_adv_gt",
@@ -107,6 +112,7 @@ def _label(value) -> str:
 def dimension_frame(rows: pd.DataFrame) -> pd.DataFrame:
     """The rows with every dimension as a label string ('8/255', '20', '0', '-' for none)."""
     frame = label_rows(rows)
+    frame["run"] = frame["run_hash"]
     for dimension in DIMENSIONS:
         frame[dimension] = frame[dimension].map(_label) if dimension in frame else "-"
     if "psnr_clean_gt_undefended" in frame:
@@ -197,6 +203,8 @@ def _check_single_experiment(frame: pd.DataFrame, pivot_dims: tuple[str, ...]) -
     for dimension in DIMENSIONS:
         if dimension in pivot_dims or not (grouped[dimension].nunique() > 1).any():
             continue
+        if dimension == "run" and problems:
+            continue  # the runs differ in a named setting already reported
         values = sort_labels(dimension, set(frame[dimension]))
         example = next(v for v in values if v != "-")
         problems.append(f"{dimension} takes {', '.join(values)} within one cell (add it to --rows or --cols, "
@@ -225,12 +233,12 @@ def _caption(frame, metric: str, cells: dict, pivot_dims: tuple[str, ...], bold:
         values = sort_labels(dimension, set(frame[dimension]))
         parts.append(f"{name}{'s' if len(values) > 1 else ''} {', '.join(values)}")
     for dimension in DIMENSIONS:
-        if dimension in ("threat", "seed") or dimension in pivot_dims:
+        if dimension in ("threat", "seed", "run", "weights_digest") or dimension in pivot_dims:
             continue
         values = set(frame[dimension])
         if len(values) > 1:
             parts.append(_varying(frame, dimension, pivot_dims))
-        elif values != {"-"}:
+        elif values != {"-"} and not (dimension in NEW_DIMENSIONS and values == {DEFAULT_LABELS[dimension]}):
             parts.append(f"{dimension} {values.pop()}")
     better = higher_is_better(metric)
     if bold:

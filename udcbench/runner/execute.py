@@ -44,6 +44,7 @@ class Job:
     batch_size: int = 1
     precision: str = "fp32"
     spec: object = None  # the RunSpec it was prepared from
+    warnings: list = field(default_factory=list)  # settings that run but mislead (printed by the CLI)
 
     @property
     def attacks_bare_model(self) -> bool:
@@ -148,17 +149,53 @@ def score_batch(jobs: list[Job], samples: list, work: SharedWork, keep: dict | N
     first = jobs[0]
     device = first.device
     degraded, gt = _stack(samples, "degraded", device), _stack(samples, "gt", device)
-    model = first.model.bind(**{k: torch.stack([s.extras[k] for s in samples]).to(device)
-                                for k in first.model.contract.extra_inputs})
+    inputs = {k: torch.stack([s.extras[k] for s in samples]).to(device) for k in samples[0].extras
+              if all(isinstance(s.extras.get(k), torch.Tensor) for s in samples)}
+    model = first.model.bind(**{k: inputs[k] for k in first.model.contract.extra_inputs})
     rows: dict[str, list[dict]] = {}
     work.images = len(samples)
     with work.counting(), _autocast(first):
         for job in jobs:
-            rows[job.run_hash] = _score_job(job, model, samples, degraded, gt, work, keep)
+            rows[job.run_hash] = _score_job(job, model, samples, degraded, gt, work, keep, inputs)
     return rows
 
 
-def _score_job(job: Job, model, samples, degraded, gt, work: SharedWork, keep: dict | None = None):
+def quantise(image: torch.Tensor, scoring: str) -> torch.Tensor:
+    """What is scored: the float output ("float", default), or the output rounded to 8 bits ("8bit"), as a
+    paper that saves its outputs as PNG files measures them."""
+    return torch.round(image.clamp(0.0, 1.0) * 255.0) / 255.0 if scoring == "8bit" else image
+
+
+def _metrics(job: Job, degraded, gt, clean_output, defended_clean, adversarial, adversarial_output,
+             defended_adv, reference) -> dict:
+    """Per-image metrics of one job's batch (float outputs, or 8-bit ones with scoring 8bit); ‖δ‖ in float64."""
+    scoring = job.labels.get("scoring") or "float"
+    gt, clean, adv = (quantise(t, scoring) for t in (gt, clean_output, adversarial_output))
+    defended_clean, defended_adv = quantise(defended_clean, scoring), quantise(defended_adv, scoring)
+    delta = (adversarial.double() - degraded.double()).flatten(1)
+    metrics = {
+        "psnr_degraded_gt": psnr(degraded, gt),
+        "psnr_clean_gt": psnr(defended_clean, gt), "ssim_clean_gt": ssim(defended_clean, gt),
+        "psnr_adv_gt": psnr(defended_adv, gt), "ssim_adv_gt": ssim(defended_adv, gt),
+        "psnr_adv_clean": psnr(defended_adv, defended_clean), "ssim_adv_clean": ssim(defended_adv, defended_clean),
+        "psnr_clean_gt_undefended": psnr(clean, gt), "ssim_clean_gt_undefended": ssim(clean, gt),
+        "psnr_adv_gt_undefended": psnr(adv, gt), "ssim_adv_gt_undefended": ssim(adv, gt),
+        "psnr_input_adv": psnr(adversarial, degraded),
+        "linf": delta.abs().max(dim=1).values, "l2": delta.norm(dim=1),
+        "objective_clean": job.objective(clean_output, reference),
+        "objective_adv": job.objective(adversarial_output, reference),
+    }
+    if job.lpips_net is not None:
+        from udcbench.metrics.lpips import lpips
+
+        metrics.update(lpips_clean_gt=lpips(defended_clean, gt, job.lpips_net),
+                       lpips_adv_gt=lpips(defended_adv, gt, job.lpips_net),
+                       lpips_adv_clean=lpips(defended_adv, defended_clean, job.lpips_net))
+    return metrics
+
+
+def _score_job(job: Job, model, samples, degraded, gt, work: SharedWork, keep: dict | None = None,
+               inputs: dict | None = None):
     seed, names = job.labels["seed"], [s.name for s in samples]
     started = time.perf_counter()
     with torch.no_grad():  # computed once: the reference and the undefended clean output
@@ -177,14 +214,15 @@ def _score_job(job: Job, model, samples, degraded, gt, work: SharedWork, keep: d
     mask = None if job.mask is None else job.mask(*degraded.shape[-2:])
 
     def craft(attack, target, attack_reference):
-        attack.last_queries = None
+        attack.last_queries = attack.last_iterations = None
+        attack.inputs = inputs or {}
         adversarial = attack(target, degraded, job.objective, attack_reference,
                              batch_generator(seed, names, "attack"), mask=mask).detach()
         with torch.no_grad():
-            return adversarial, attack.last_queries, model(adversarial).float()
+            return adversarial, (attack.last_queries, attack.last_iterations), model(adversarial).float()
 
     if job.attacks_bare_model:
-        adversarial, queries, adversarial_output = work.get(
+        adversarial, (queries, iterations), adversarial_output = work.get(
             "adversarial example", job.attack_key, lambda: craft(job.attack, model, reference))
     else:
         # adaptive: the attacker differentiates (or queries) the whole defended system, with fresh defense
@@ -194,8 +232,9 @@ def _score_job(job: Job, model, samples, degraded, gt, work: SharedWork, keep: d
         def target(image: torch.Tensor) -> torch.Tensor:
             return defended_model(job.defense.differentiable_transform(image, draws))
 
-        adversarial, queries, adversarial_output = work.get("adversarial example", job.run_hash, lambda: craft(
-            job.adaptive_attack, target, job.objective.reference(defended_clean, gt, degraded)))
+        adversarial, (queries, iterations), adversarial_output = work.get(
+            "adversarial example", job.run_hash,
+            lambda: craft(job.adaptive_attack, target, job.objective.reference(defended_clean, gt, degraded)))
     time_attack = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -205,26 +244,8 @@ def _score_job(job: Job, model, samples, degraded, gt, work: SharedWork, keep: d
         else:
             defended_adv = defended_model(
                 job.defense.transform(adversarial, batch_generator(seed, names, "def-adv"))).float()
-        delta = adversarial - degraded
-        metrics = {
-            "psnr_degraded_gt": psnr(degraded, gt),
-            "psnr_clean_gt": psnr(defended_clean, gt), "ssim_clean_gt": ssim(defended_clean, gt),
-            "psnr_adv_gt": psnr(defended_adv, gt), "ssim_adv_gt": ssim(defended_adv, gt),
-            "psnr_adv_clean": psnr(defended_adv, defended_clean), "ssim_adv_clean": ssim(defended_adv, defended_clean),
-            "psnr_clean_gt_undefended": psnr(clean_output, gt), "ssim_clean_gt_undefended": ssim(clean_output, gt),
-            "psnr_adv_gt_undefended": psnr(adversarial_output, gt),
-            "ssim_adv_gt_undefended": ssim(adversarial_output, gt),
-            "psnr_input_adv": psnr(adversarial, degraded),
-            "linf": delta.abs().flatten(1).max(dim=1).values, "l2": delta.flatten(1).norm(dim=1),
-            "objective_clean": job.objective(clean_output, reference),
-            "objective_adv": job.objective(adversarial_output, reference),
-        }
-        if job.lpips_net is not None:
-            from udcbench.metrics.lpips import lpips
-
-            metrics.update(lpips_clean_gt=lpips(defended_clean, gt, job.lpips_net),
-                           lpips_adv_gt=lpips(defended_adv, gt, job.lpips_net),
-                           lpips_adv_clean=lpips(defended_adv, defended_clean, job.lpips_net))
+        metrics = _metrics(job, degraded, gt, clean_output, defended_clean, adversarial, adversarial_output,
+                           defended_adv, reference)
     time_eval = time.perf_counter() - started
     if keep is not None:
         keep.update(degraded=degraded, adversarial=adversarial, restored=clean_output, restored_adv=adversarial_output,
@@ -239,7 +260,8 @@ def _score_job(job: Job, model, samples, degraded, gt, work: SharedWork, keep: d
     rows = []
     for index, sample in enumerate(samples):
         row = dict(common, image=sample.name,
-                   queries=None if queries is None else int(queries.reshape(-1)[index]))
+                   queries=None if queries is None else int(queries.reshape(-1)[index]),
+                   iterations=None if iterations is None else int(iterations.reshape(-1)[index]))
         row.update({name: value[index].item() for name, value in metrics.items()})
         rows.append(row)
     return rows

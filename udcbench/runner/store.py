@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from udcbench.errors import StoreError
+from udcbench.spec import describe_settings
 
 # (column, SQL type) — the order is the CSV / DataFrame column order
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -33,7 +34,11 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("lpips_clean_gt", "REAL"), ("lpips_adv_gt", "REAL"), ("lpips_adv_clean", "REAL"),
     ("objective_clean", "REAL"), ("objective_adv", "REAL"),
     ("time_clean_s", "REAL"), ("time_attack_s", "REAL"), ("time_eval_s", "REAL"),
-    ("device", "TEXT"), ("batch_size", "INTEGER"), ("precision", "TEXT"), ("udcbench_version", "TEXT"), ("torch_version", "TEXT"), ("created_at", "TEXT"),
+    ("device", "TEXT"), ("batch_size", "INTEGER"), ("precision", "TEXT"), ("udcbench_version", "TEXT"),
+    ("torch_version", "TEXT"), ("created_at", "TEXT"),
+    # what separates runs besides the columns above (added in 0.2; NULL in rows of older versions)
+    ("attack_settings", "TEXT"), ("weights_digest", "TEXT"), ("model_options", "TEXT"), ("scoring", "TEXT"),
+    ("iterations", "INTEGER"),
 )
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 
@@ -91,10 +96,24 @@ class ResultStore:
         if run_hash is not None:
             query, args = query + " WHERE run_hash = ?", (run_hash,)
         frame = pd.read_sql_query(query + " ORDER BY run_hash, image", self.conn, params=args)
+        older = frame["attack_settings"].isna()
+        if older.any():  # rows of older versions: the settings the user gave are in the run's stored spec
+            specs = dict(self.conn.execute("SELECT run_hash, spec FROM runs"))
+            frame.loc[older, "attack_settings"] = [stored_settings(specs[h]) if h in specs else None
+                                                   for h in frame.loc[older, "run_hash"]]
         return frame
 
     def close(self) -> None:
         self.conn.close()
+
+
+def stored_settings(spec_json: str) -> str | None:
+    """The attack-settings label of a run from its stored spec (the `runs` table), for rows of older versions."""
+    try:
+        spec = json.loads(spec_json)["spec"]
+        return describe_settings(dict(tuple(pair) for pair in spec["attack"]["params"]))
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def open_existing(out_dir: str | Path) -> ResultStore:

@@ -14,6 +14,7 @@
     device: auto                      # cpu | cuda | auto
     batch_size: 1
     precision: fp32                   # bf16: autocast on GPU
+    scoring: float                    # 8bit: score outputs rounded to 8 bits (as saved PNGs)
     lpips: null                       # alex | vgg: also score LPIPS
     eot: null
 
@@ -34,7 +35,7 @@ from udcbench.errors import SpecError
 from udcbench.spec import AttackSpec, DataSpec, DefenseSpec, ModelSpec, RunSpec
 
 TOP_KEYS = ("suite", "description", "data", "split", "limit", "seed", "seeds", "models", "attacks", "defenses",
-            "threats", "exclude", "device", "batch_size", "precision", "lpips", "eot")
+            "threats", "exclude", "device", "batch_size", "precision", "scoring", "lpips", "eot")
 EXCLUDE_KEYS = ("model", "attack", "eps", "defense", "threat", "seed", "data")
 ATTACK_KEYS = ("name", "objective", "mask")  # besides the attack's own parameters
 DATA_KEYS = ("name", "split", "limit")
@@ -53,6 +54,7 @@ class Suite:
     device: str = "cpu"
     batch_size: int = 1
     precision: str = "fp32"
+    scoring: str = "float"
     lpips: str | None = None
     eot: int | None = None
     exclude: list[dict] = field(default_factory=list)
@@ -74,7 +76,7 @@ class Suite:
                 continue
             specs.append(RunSpec(model=model, attack=attack, defense=DefenseSpec(defense), data=data, seed=seed,
                                  device=self.device, threat=threat, lpips=self.lpips, eot=self.eot,
-                                 batch_size=self.batch_size, precision=self.precision))
+                                 batch_size=self.batch_size, precision=self.precision, scoring=self.scoring))
         return specs
 
     def describe(self) -> str:
@@ -181,7 +183,7 @@ def load_suite(path: str | Path) -> Suite:
         raise SpecError(f"{_where(path, nodes['seeds'])}give either seed or seeds, not both")
     if "seed" in data or "seeds" in data:
         suite.seeds = [int(v) for v in _as_list(data.get("seeds", data.get("seed")))]
-    for key in ("device", "batch_size", "precision", "lpips", "eot"):
+    for key in ("device", "batch_size", "precision", "scoring", "lpips", "eot"):
         if key in data:
             setattr(suite, key, data[key])
     empty = [key for key in ("models", "attacks", "defenses", "threats", "seeds") if not getattr(suite, key)]

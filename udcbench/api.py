@@ -25,7 +25,7 @@ from udcbench.report import leaderboard
 from udcbench.report.identity import format_eps
 from udcbench.runner.execute import Job
 from udcbench.runner.store import ResultStore
-from udcbench.spec import PRECISIONS, SCORINGS, THREATS, RunSpec, describe_settings, file_digest, stable_hash
+from udcbench.spec import MEMORY_MODES, PRECISIONS, SCORINGS, THREATS, RunSpec, describe_settings, file_digest, stable_hash
 
 
 def resolve_device(device: str) -> torch.device:
@@ -61,6 +61,11 @@ def _check_spec(spec: RunSpec) -> None:
         raise SpecError(f"--batch-size must be a positive integer, got {spec.batch_size}")
     if spec.precision not in PRECISIONS:
         raise SpecError(f"unknown precision {spec.precision!r}; use fp32 or bf16 (bf16 autocast, for GPUs)")
+    if not isinstance(spec.eps_batch, int) or spec.eps_batch < 1:
+        raise SpecError(f"eps_batch must be a positive integer, got {spec.eps_batch!r}")
+    if spec.memory not in MEMORY_MODES:
+        raise SpecError(f"unknown --memory {spec.memory!r}; use normal, low (activation checkpointing) or auto "
+                        "(checkpoint only where one white-box step would not fit)")
     if spec.scoring not in SCORINGS:
         raise SpecError(f"unknown scoring {spec.scoring!r}; use float (metrics on the float outputs) or 8bit "
                         "(outputs rounded to 8 bits first)")
@@ -128,7 +133,8 @@ def prepare(spec: RunSpec, cache: dict | None = None) -> Job:
     objective.check()
     mask = parse_mask(spec.attack.mask)
     model_key = ("model", spec.model.name, spec.model.weights, str(device),
-                 spec.seed if spec.model.weights == "random" else None)
+                 spec.seed if spec.model.weights == "random" else None,
+                 *((spec.memory, spec.batch_size * spec.eps_batch) if spec.memory != "normal" else ()))
     data_key = ("data", spec.data.name, spec.data.split, spec.data.limit)
     defense = make_defense(spec.defense.spec)  # validated before anything is loaded
     dataset = _cached(cache, data_key, lambda: load_dataset(spec.data.name, split=spec.data.split,
@@ -136,9 +142,13 @@ def prepare(spec: RunSpec, cache: dict | None = None) -> Job:
     model = _cached(cache, model_key, lambda: load_model(spec.model.name, weights=spec.model.weights,
                                                          device=device, seed=spec.seed))
     _check_inputs(attack, model, dataset)
+    model, notes, warnings, compiled = _cached(cache, ("ready", model_key, data_key, spec.compile),
+                                               lambda: _ready_model(spec, model, dataset, device, cache))
     defense = _cached(cache, ("defense", spec.defense.spec, model_key, data_key, spec.seed),
                       lambda: _ready_defense(defense, model, dataset, spec.seed, device))
     resolved, labels = _identity(spec, model.info, attack, objective, defense, dataset, device)
+    if compiled:  # equal to eager within 1e-4 relative, not bit for bit: its rows never merge with eager ones
+        resolved["backend"] = labels["backend"] = "compiled"
     adaptive_attack, draws = None, None
     if spec.threat == "adaptive":
         adaptive_attack, draws = adaptive_attack_for(attack, defense, spec.eot)
@@ -146,7 +156,23 @@ def prepare(spec: RunSpec, cache: dict | None = None) -> Job:
     return Job(run_hash=stable_hash(resolved), model=model, attack=attack, objective=objective, defense=defense,
                dataset=dataset, device=device, labels=labels, mask=mask, lpips_net=spec.lpips,
                adaptive_attack=adaptive_attack, batch_size=spec.batch_size, precision=spec.precision, spec=spec,
-               warnings=attack_warnings(attack))
+               warnings=attack_warnings(attack) + warnings, notes=notes)
+
+
+def _ready_model(spec: RunSpec, model, dataset, device, cache):
+    """--memory and --compile applied to a loaded model (runner/accelerate.py): (model to run, notes, warnings,
+    compiled?). One Compiler serves a whole suite (kept in `cache`)."""
+    from udcbench.runner import accelerate
+    from udcbench.models.compiled import Compiler
+
+    notes = [note] if (note := accelerate.choose_memory(model, dataset, device, spec.memory,
+                                                        spec.batch_size * spec.eps_batch)) else []
+    if not spec.compile:
+        return model, notes, [], False
+    compiler = _cached(cache, ("compiler",), Compiler) if cache is not None else Compiler()
+    model, more, warnings, compiled = accelerate.compile_for_data(
+        model, dataset, device, [spec.batch_size, spec.batch_size * spec.eps_batch], compiler, spec.precision)
+    return model, notes + more, warnings, compiled
 
 
 def _identity(spec: RunSpec, info, attack, objective, defense, dataset, device) -> tuple[dict, dict]:
@@ -174,7 +200,7 @@ def _identity(spec: RunSpec, info, attack, objective, defense, dataset, device) 
         resolved["defense_params"] = [{k: v for k, v in part.items() if k != "auto"} for part in defense_record]
     if options and options != HASHED_WITHOUT_OPTIONS.get(info.name):
         resolved["model_options"] = options
-    for key, default in (("batch_size", 1), ("precision", "fp32"), ("scoring", "float")):
+    for key, default in (("batch_size", 1), ("precision", "fp32"), ("scoring", "float"), ("eps_batch", 1)):
         if getattr(spec, key) != default:
             resolved[key] = getattr(spec, key)
     labels = {"model": info.name, "weights": info.weights, "defense": defense.spec, "threat": spec.threat,
@@ -183,7 +209,7 @@ def _identity(spec: RunSpec, info, attack, objective, defense, dataset, device) 
               "eps": attack.params.get("eps"), "alpha": attack.params.get("alpha"),
               "steps": attack.params.get("steps"), "data": data_id, "split": spec.data.split, "seed": spec.seed,
               "device": str(device), "batch_size": spec.batch_size, "precision": spec.precision,
-              "scoring": spec.scoring, "weights_digest": weights_id,
+              "scoring": spec.scoring, "eps_batch": spec.eps_batch, "backend": None, "weights_digest": weights_id,
               "attack_settings": describe_settings(dict(spec.attack.params)) or "",
               "model_options": ", ".join(f"{k}={v}" for k, v in sorted(options.items()))}
     return resolved, labels

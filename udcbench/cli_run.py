@@ -87,6 +87,14 @@ def run(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch (default 1; a batch "
                                              "draws its random starts once, so it is part of the run's identity)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 (default) or bf16 (autocast, for GPUs)."),
+    eps_batch: bool = typer.Option(False, "--eps-batch", help="Craft the gray-box PGD runs of several --eps values "
+                                   "of an image as one batch (faster on GPUs; a setting of the run's identity)."),
+    memory: Optional[str] = typer.Option(None, "--memory", help="auto (default: checkpoint only where a plain "
+                                         "white-box step would not fit; refused up front if neither fits), low "
+                                         "(activation checkpointing: less memory, more time, same numbers) or "
+                                         "normal (never)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile each network once per image size; "
+                                 "eager where compiling fails, is slower or differs (one warning line)."),
     scoring: Optional[str] = typer.Option(None, "--scoring", help="float (default: metrics on the float outputs) "
                                           "or 8bit (outputs rounded to 8 bits first, as papers that save PNGs)."),
     executor: str = typer.Option("local", "--executor", help="local (default) or ray: run the planned jobs as "
@@ -122,7 +130,8 @@ def run(
                 objective, mask, weights, data, split, limit)
             plan_suite.lpips, plan_suite.eot = lpips, eot
         for key, value in (("device", device), ("batch_size", batch_size), ("precision", precision),
-                           ("scoring", scoring)):
+                           ("scoring", scoring), ("memory", memory), ("eps_batch", eps_batch or None),
+                           ("compile", compile or None)):
             if value is not None:
                 setattr(plan_suite, key, value)
         specs = plan_suite.specs()
@@ -162,6 +171,8 @@ def run_single(spec, out: Path) -> None:
                   f"· threat {job.labels['threat']} "
                   f"· {job.dataset.info.name} ({len(job.dataset)} images) · seed {spec.seed} · {job.device} · "
                   f"run {job.run_hash}")
+    for note in job.notes:
+        console.print(escape(note), highlight=False, soft_wrap=True)
     for warning in job.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     bar, progress = progress_bar(len(job.dataset), "attacking")
@@ -184,6 +195,8 @@ def run_many(plan_suite, specs, out: Path, executor: str, address, gpus_per_task
     console.print(f"{name}: {len(plan.jobs)} runs = {plan_suite.describe()}{folded} · {plan.images} (run, image) "
                   f"rows · seed{'s' if len(plan_suite.seeds) > 1 else ''} {', '.join(map(str, plan_suite.seeds))} · "
                   f"{first.device} · batch {first.batch_size} · {first.precision} · executor {executor}")
+    for note in dict.fromkeys(n for job in plan.jobs for n in job.notes):
+        console.print(escape(note), highlight=False, soft_wrap=True)
     for warning in dict.fromkeys(w for job in plan.jobs for w in job.warnings):
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     bar, progress = progress_bar(plan.images, "running")

@@ -16,6 +16,7 @@ from typing import Any
 THREATS = ("gray-box", "adaptive")
 PRECISIONS = ("fp32", "bf16")
 SCORINGS = ("float", "8bit")
+MEMORY_MODES = ("normal", "low", "auto")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,11 @@ class RunSpec:
     batch_size: int = 1  # images per attack batch (>1: one seeded draw per batch, so it enters the run hash)
     precision: str = "fp32"  # or "bf16": autocast of the model passes
     scoring: str = "float"  # or "8bit": score the outputs rounded to 8 bits, as papers that save PNGs do
+    eps_batch: int = 1  # > 1: this run's gray-box attack is computed in one pass with the other eps_batch − 1
+    # eps values of its attack setting (a K·B batch; see runner/plan.py), so it enters the run hash
+    memory: str = "auto"  # "low": activation checkpointing; "auto": only if a plain white-box step would not fit,
+    # decided before the run; "normal": never (memory never changes a number, so it is not hashed)
+    compile: bool = False  # torch.compile the network (falls back to eager where slower or unequal)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -5,7 +5,8 @@ from udcbench.attacks import make_attack, make_objective
 from udcbench.attacks.simba import dct_matrix, shell_index
 from udcbench.errors import SpecError
 
-from attack_helpers import CountingModel, run_attack
+from attack_helpers import (CountingModel, LazyWeightedMSE, RecordingModel, assert_usable_by_white_box_attacks,
+                            run_attack)
 
 
 def attack_once(model, degraded, gt, seed=0, name="simba", **params):
@@ -305,3 +306,82 @@ def test_last_iterations_covers_the_batch_with_a_mask(tiny_model, images):
     attack = make_attack("simba", iterations=5, basis="dct")
     attack(tiny_model, degraded, objective, reference, torch.Generator().manual_seed(0), mask=mask)
     assert torch.equal(attack.last_iterations, torch.full((2,), 5)) and attack.last_queries.shape == (2,)
+
+
+# --- batching and inference mode ---
+
+def one_at_a_time(model):
+    """The model evaluated image by image: an image's output cannot depend on the batch it is evaluated in."""
+    return lambda x: torch.cat([model(x[i:i + 1]) for i in range(x.shape[0])])
+
+
+def perturb(model, degraded, gt, seed=0, **params):
+    """(adversarial, attack): SimBA on the mse-clean objective, reference from `model`."""
+    objective = make_objective("mse-clean")
+    with torch.no_grad():
+        reference = objective.reference(model(degraded), gt)
+    attack = make_attack("simba", eps=4 / 255, **params)
+    return attack.perturb(model, degraded, objective, reference, torch.Generator().manual_seed(seed)), attack
+
+
+@pytest.mark.parametrize("basis", ["pixel", "dct"])
+def test_a_batch_gives_what_its_images_give_one_at_a_time(tiny_model, images, basis):
+    """order="fixed" draws nothing, so a batch must reproduce each image attacked alone: adversarial example and
+    query count (saturated pixels in image 0 make some +eps pixel candidates free, so the counts differ)."""
+    degraded, gt = crop(images, 8)
+    degraded = degraded.clone()
+    degraded[0, :, :2] = 1.0
+    model = one_at_a_time(tiny_model)
+    params = {"iterations": 40, "basis": basis, "order": "fixed"}
+    batch, attack = perturb(model, degraded, gt, **params)
+    for i in range(degraded.shape[0]):
+        alone, single = perturb(model, degraded[i:i + 1], gt[i:i + 1], **params)
+        assert torch.equal(alone[0], batch[i])
+        assert single.last_queries.tolist() == [attack.last_queries[i].item()]
+    if basis == "pixel":
+        assert len(set(attack.last_queries.tolist())) > 1
+
+
+@pytest.mark.parametrize("basis", ["pixel", "dct"])
+def test_images_of_a_batch_do_not_interact(tiny_model, images, basis):
+    """The random order is drawn from the batch's shape alone: changing one image leaves the others' adversarial
+    examples and query counts exactly as they were."""
+    degraded, gt = crop(images, 8)
+    model = one_at_a_time(tiny_model)
+    first, a = perturb(model, degraded, gt, seed=3, iterations=40, basis=basis)
+    changed = degraded.clone()
+    changed[1] = changed[1].flip(-1)
+    second, b = perturb(model, changed, gt, seed=3, iterations=40, basis=basis)
+    others = [0, 2, 3]
+    assert torch.equal(first[others], second[others])
+    assert torch.equal(a.last_queries[others], b.last_queries[others])
+    assert not torch.equal(first[1], second[1])
+
+
+@pytest.mark.parametrize("basis", ["pixel", "dct"])
+def test_the_images_that_try_a_sign_share_one_forward_pass(tiny_model, images, basis):
+    degraded, gt = crop(images, 8)
+    iterations = 30
+    recording = RecordingModel(tiny_model)
+    objective = make_objective("mse-clean")
+    with torch.no_grad():
+        reference = objective.reference(tiny_model(degraded), gt)
+    attack = make_attack("simba", eps=4 / 255, iterations=iterations, basis=basis)
+    attack.perturb(recording, degraded, objective, reference, torch.Generator().manual_seed(0))
+    sizes = [size for size, _ in recording.calls]
+    assert sum(sizes) == attack.last_queries.sum().item()
+    assert len(sizes) <= 2 * iterations + 1
+    assert sizes[0] == 4 and sizes.count(4) >= iterations  # no pixel is saturated: every +eps step is a query
+    assert [mode for _, mode in recording.calls] == [False] + [True] * (len(sizes) - 1)
+
+
+def test_inference_mode_leaves_results_and_lazy_state_usable_by_autograd(tiny_model, images):
+    degraded, gt = crop(images, 8)
+    objective = LazyWeightedMSE()
+    with torch.no_grad():
+        reference = tiny_model(degraded).detach()
+    attack = make_attack("simba", eps=4 / 255, iterations=10)
+    adversarial = attack.perturb(tiny_model, degraded, objective, reference, torch.Generator().manual_seed(0))
+    assert not adversarial.is_inference() and not attack.last_queries.is_inference()
+    assert not objective.weight.is_inference()
+    assert_usable_by_white_box_attacks(tiny_model, adversarial, objective, reference)

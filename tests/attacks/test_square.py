@@ -7,7 +7,8 @@ from udcbench.attacks import make_attack, make_objective
 from udcbench.attacks.square import meta_pattern, square_p_schedule
 from udcbench.errors import SpecError
 
-from attack_helpers import CountingModel, run_attack
+from attack_helpers import (CountingModel, LazyWeightedMSE, RecordingModel, assert_usable_by_white_box_attacks,
+                            run_attack)
 
 
 def attack_once(model, degraded, gt, name="square", seed=0, **params):
@@ -201,3 +202,41 @@ def test_side_stays_inside_the_image(tiny_model):
         adversarial = attack_once(tiny_model, degraded, degraded, name=name, p_init=1.0, queries=10)[0]
         assert adversarial.shape == degraded.shape
         assert not math.isnan(adversarial.sum().item())
+
+
+# --- one forward pass of the whole batch per query, under inference mode ---
+
+def small_batch(images, side=8):
+    return tuple(image[..., :side, :side].contiguous() for image in images)
+
+
+@pytest.mark.parametrize("name", ["square", "square-l2"])
+def test_every_query_is_one_forward_pass_of_the_whole_batch(tiny_model, images, name):
+    degraded, gt = small_batch(images)
+    recording = RecordingModel(tiny_model)
+    objective = make_objective("mse-clean")
+    with torch.no_grad():
+        reference = objective.reference(tiny_model(degraded), gt)
+    attack = make_attack(name, queries=12)
+    attack.perturb(recording, degraded, objective, reference, torch.Generator().manual_seed(0))
+    assert recording.calls == [(4, False)] + [(4, True)] * 11  # the unperturbed input first, outside inference mode
+
+
+@pytest.mark.parametrize("name", ["square", "square-l2"])
+def test_inference_mode_leaves_results_and_lazy_state_usable_by_autograd(tiny_model, images, name):
+    degraded, gt = small_batch(images)
+    objective = LazyWeightedMSE()
+    with torch.no_grad():
+        reference = tiny_model(degraded).detach()
+    attack = make_attack(name, queries=10)
+    adversarial = attack.perturb(tiny_model, degraded, objective, reference, torch.Generator().manual_seed(0))
+    assert not adversarial.is_inference() and not objective.weight.is_inference()
+    assert_usable_by_white_box_attacks(tiny_model, adversarial, objective, reference)
+
+
+def test_cached_meta_patterns_are_normal_tensors_when_first_built_in_inference_mode():
+    meta_pattern.cache_clear()
+    with torch.inference_mode():
+        built = meta_pattern(9)
+    assert not built.is_inference() and built is meta_pattern(9)
+    assert torch.equal(built * 1, meta_pattern(9))  # usable outside inference mode

@@ -337,6 +337,7 @@ def test_eot_over_a_randomised_defense_before_jpeg_lowers_the_gradient_variance(
     assert variance_8 < 0.5 * variance_1, (variance_1, variance_8)  # ≈ 1/8 in expectation
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("spec", ["jpeg:40", "blur:1.2", "median:3", "bits:3"])
 def test_components_run_on_the_gpu_and_match_the_cpu(spec):

@@ -112,3 +112,12 @@ def test_keys_compare_as_text(grid, tmp_path):
     frame = check.read_baseline(path)
     assert set(frame["eps"]) == {"2/255", "8/255", "-"} and set(frame["seed"]) == {"0"}
     assert frame["psnr_adv_gt"].dtype.kind == "f"
+
+
+def test_a_compiled_run_is_checked_against_the_eager_baseline(grid, tmp_path):
+    base = baseline_of(grid, tmp_path / "base.csv")
+    current = leaderboard.summarise(grid_rows(grid))
+    assert set(current["backend"]) == {"eager"}
+    current["backend"] = "compiled"  # how it ran, not what it measured: same configuration
+    result = check.compare(current, check.read_baseline(base))
+    assert result.passed and result.rows == 12 and not result.new

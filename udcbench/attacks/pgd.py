@@ -43,17 +43,40 @@ class PGD(Attack):
         super().__init__(eps=float(eps), alpha=float(alpha), steps=int(steps), random_start=bool(random_start),
                          restarts=int(restarts))
 
+    stacks_eps = True  # perturb_budgets: several (eps, alpha) in one pass
+
     def perturb(self, model, degraded, objective, reference, generator):
-        eps, alpha, steps = self.params["eps"], self.params["alpha"], self.params["steps"]
-        degraded = degraded.detach()
+        return self._run(model, degraded.detach(), objective, reference, generator, self.params["eps"],
+                         self.params["alpha"])
+
+    def perturb_budgets(self, model, degraded, objective, reference, generator, budgets) -> list[torch.Tensor]:
+        """The attack at K budgets [(eps, alpha), ...] in one pass over a K-times larger batch (`model` must
+        take K·B images): returns K results, each what perturb() gives with that budget — the same random
+        start (drawn once, as each separate run draws it from the same seed) and the same steps, up to the
+        float summation order of the larger batch."""
+        count, batch = len(budgets), degraded.shape[0]
+
+        def column(values):
+            return torch.tensor(values, dtype=degraded.dtype).repeat_interleave(batch).view(-1, 1, 1, 1).to(
+                degraded.device)
+
+        eps, alpha = column([e for e, _ in budgets]), column([a for _, a in budgets])
+        stacked = self._run(model, degraded.detach().repeat(count, 1, 1, 1), objective,
+                            reference.repeat(count, *[1] * (reference.dim() - 1)), generator, eps, alpha, count)
+        return list(stacked.split(batch))
+
+    def _run(self, model, degraded, objective, reference, generator, eps, alpha, copies: int = 1):
+        """PGD on `degraded` (B·copies images: `copies` stacked copies of B) with eps / alpha as numbers or
+        (B·copies, 1, 1, 1) tensors; each random start is drawn for B images and shared by the copies."""
         with torch.no_grad():
             best = BestTracker(degraded, self.value(model, degraded, objective, reference))
         for _ in range(self.params["restarts"]):
             adversarial = degraded.clone()
             if self.params["random_start"]:  # drawn on the CPU so a seed gives the same start on any device
-                noise = cpu_rand(degraded.shape, generator, degraded)
+                single = degraded[:degraded.shape[0] // copies]
+                noise = cpu_rand(single.shape, generator, single).repeat(copies, 1, 1, 1)
                 adversarial = project_linf(degraded + (2 * noise - 1) * eps, degraded, eps)
-            self.ascend(model, adversarial, objective, reference, steps, best=best,
+            self.ascend(model, adversarial, objective, reference, self.params["steps"], best=best,
                         update=lambda x, grad: project_linf(x + alpha * grad.sign(), degraded, eps))
         return best.adversarial
 

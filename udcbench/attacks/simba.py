@@ -38,8 +38,12 @@ A candidate that clipping leaves equal to x is not evaluated (no query spent; th
   earlier block-only order. Since DCT steps overlap, every candidate is projected onto
   {‖δ‖∞ ≤ eps} ∩ [0, 1] before it is evaluated: the step actually taken is the projected one, not eps·q.
 Queries (self.last_queries, per image): 1 for the unperturbed input + 1 or 2 per iteration, so at most
-2·iterations + 1. Iterations (self.last_iterations, per image, (B,) int64): always `iterations`. The result's
-objective is never below the unperturbed input's (x starts there and only rises).
+2·iterations + 1. Each sign of an iteration is one forward pass over the images that try it (+eps: all whose
+candidate differs from their iterate; −eps: those of them whose objective did not rise), run under
+torch.inference_mode; the unperturbed input is evaluated under torch.no_grad, so whatever an objective or model
+builds on its first call (LPIPS weights, ...) stays usable by autograd, and the result is a normal tensor.
+Iterations (self.last_iterations, per image, (B,) int64): always `iterations`. The result's objective is never
+below the unperturbed input's (x starts there and only rises).
 Shapes: degraded (B, C, H, W) in [0, 1] -> (B, C, H, W). Randomness from the CPU generator: the same seed gives
 the same result on any device.
 
@@ -53,7 +57,7 @@ import math
 
 import torch
 
-from udcbench.attacks.base import Attack, project_linf
+from udcbench.attacks.base import Attack
 from udcbench.errors import SpecError
 from udcbench.registry import register_attack
 
@@ -173,53 +177,72 @@ class SimBA(Attack):
             keys = (shell * (height + width) + diagonal).expand(batch, rest.numel())
         return rest[torch.argsort(keys, dim=1, stable=True)]
 
-    def _directions(self, index: torch.Tensor, like: torch.Tensor, dct_rows, dct_cols) -> torch.Tensor:
-        """(B, C, H, W) basis images for one direction index c·H·W + u·W + v per image, max |q| = 1."""
-        batch, channels, height, width = like.shape
-        index = index.to(like.device)
-        rows = torch.arange(batch, device=like.device)
-        q = torch.zeros(batch, channels * height * width, dtype=like.dtype, device=like.device)
-        if self.params["basis"] == "pixel":
-            q[rows, index] = 1.0
-            return q.view_as(like)
-        q = q.view_as(like)
+    def _direction(self, index: torch.Tensor, like: torch.Tensor, dct) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each image's basis direction, for index c·H·W + u·W + v (on the device): ((c, u, v), None) for the
+        pixel basis (q is one-hot); (c, (B, H, W) DCT basis image with max |q| = 1) for the DCT basis."""
+        height, width = like.shape[-2:]
         channel, u, v = index // (height * width), (index // width) % height, index % width
+        if self.params["basis"] == "pixel":
+            return (channel, u, v), None
+        dct_rows, dct_cols = dct
         basis = dct_rows[u][:, :, None] * dct_cols[v][:, None, :]  # (B, H, W)
-        basis = basis / basis.flatten(1).abs().amax(dim=1)[:, None, None]
-        q[rows, channel] = basis
-        return q
+        return channel, basis / basis.flatten(1).abs().amax(dim=1)[:, None, None]
+
+    def _candidate(self, adversarial: torch.Tensor, direction, sign: float, bounds) -> torch.Tensor:
+        """x + sign·eps·q, projected onto {‖δ‖∞ ≤ eps} ∩ [0, 1] (`bounds` = (y − eps, y + eps)). Only q's support
+        is written: elsewhere q = 0 and x + 0 = x, so this equals the full-size x + sign·eps·q bit for bit."""
+        step = sign * self.params["eps"]
+        where, basis = direction
+        rows = torch.arange(adversarial.shape[0], device=adversarial.device)
+        candidate = adversarial.clone()
+        if basis is None:
+            candidate[(rows, *where)] += step
+        else:
+            candidate[rows, where] += step * basis
+        lower, upper = bounds
+        return candidate.clamp_(lower, upper).clamp_(0.0, 1.0)
 
     def perturb(self, model, degraded, objective, reference, generator):
         self.check_input(degraded.shape)
         eps, iterations = self.params["eps"], self.params["iterations"]
         degraded = degraded.detach()
         batch, _, height, width = degraded.shape
-        order = self._order(degraded.shape, generator)
-        dct_rows = dct_matrix(height, degraded.dtype).to(degraded.device)
-        dct_cols = dct_matrix(width, degraded.dtype).to(degraded.device)
-        queries = torch.ones(batch, dtype=torch.int64)
-        with torch.no_grad():
-            adversarial = degraded.clone()
-            value = self.value(model, adversarial, objective, reference)
+        order = self._order(degraded.shape, generator)[:, :iterations].to(degraded.device)
+        dct = tuple(dct_matrix(size, degraded.dtype).to(degraded.device) for size in (height, width))
+        with torch.no_grad():  # outside inference mode: whatever the objective or model builds on its first call
+            value = self.value(model, degraded, objective, reference)  # (e.g. LPIPS weights) stays autograd-safe
+        adversarial, queries = degraded.clone(), torch.ones(batch, dtype=torch.int64)
+        with torch.inference_mode():  # in-place updates keep adversarial, value and queries normal tensors
+            bounds = (degraded - eps, degraded + eps)
             for step in range(iterations):
-                q = self._directions(order[:, step], degraded, dct_rows, dct_cols)
-                pending = torch.ones(batch, dtype=torch.bool, device=degraded.device)
-                for sign in (1.0, -1.0):
-                    candidate = project_linf(adversarial + sign * eps * q, degraded, eps)
-                    todo = pending & (candidate != adversarial).flatten(1).any(dim=1)
-                    index = todo.nonzero().flatten()
-                    if index.numel() == 0:
-                        continue
-                    tried = self.value(model, candidate[index], objective, reference[index])
-                    queries[index.cpu()] += 1
-                    better = tried > value[index]
-                    kept = index[better]
-                    adversarial[kept] = candidate[kept]
-                    value[kept] = tried[better]
-                    pending[kept] = False
+                direction = self._direction(order[:, step], degraded, dct)
+                self._try_both_signs(model, objective, reference, adversarial, value, queries, direction, bounds)
         self.last_queries = queries
         self.last_iterations = torch.full((batch,), iterations, dtype=torch.int64)
         return adversarial
+
+    def _try_both_signs(self, model, objective, reference, adversarial, value, queries, direction, bounds) -> None:
+        """One iteration, in place: +eps·q for every image, then −eps·q for those whose objective did not rise;
+        a candidate is kept where its objective rises strictly. Only images whose candidate differs from their
+        iterate are evaluated (one query each), together in one forward pass."""
+        pending = torch.ones(adversarial.shape[0], dtype=torch.bool)  # on the CPU: which images still try
+        for sign in (1.0, -1.0):
+            candidate = self._candidate(adversarial, direction, sign, bounds)
+            todo = pending & (candidate != adversarial).flatten(1).any(dim=1).cpu()
+            rows = todo.nonzero().flatten()
+            if rows.numel() == 0:
+                continue
+            queries += todo
+            index = rows.to(adversarial.device)
+            tried = self.value(model, candidate[index], objective, reference[index])
+            better = tried > value[index]
+            kept = index[better]
+            adversarial[kept] = candidate[kept]
+            value[kept] = tried[better]
+            pending[rows[better.cpu()]] = False
+            if not pending.any():
+                break
+
 
 register_attack("simba", defaults=DEFAULTS, norm="linf", kind="black-box",
                 paper="Guo et al., ICML 2019")(SimBA)

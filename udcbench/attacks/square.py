@@ -9,7 +9,9 @@ image; images are in [0, 1], so eps=1.0 on 3×H×W is a small budget per pixel);
 Arguments: eps (square 8/255, square-l2 1.0), queries (1000: the query budget per image), p_init (square
 0.05, square-l2 0.1: the initial fraction of the image a square covers).
 Queries (self.last_queries, per image, always exactly `queries`): 1 for the unperturbed input (so the result
-is never worse than no attack), 1 for the initialisation, and queries − 2 iterations of 1 query each.
+is never worse than no attack), 1 for the initialisation, and queries − 2 iterations of 1 query each; each query
+is one forward pass of the whole batch (every image's candidate), under torch.inference_mode after the first
+(the unperturbed input, under torch.no_grad, so state an objective builds on first use stays autograd-safe).
 Schedule (`square_p_schedule`): the paper halves p at iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and
 8000 of a 10,000-query budget; for a budget of `queries`, breakpoint b sits at round(b · queries / 10000)
 (rounded half up) and iteration i (0-based, after the initialisation) uses p_init / 2^k, k = the number of
@@ -113,8 +115,9 @@ class _SquareBase(Attack):
 
     def perturb(self, model, degraded, objective, reference, generator):
         degraded = degraded.detach()
-        with torch.no_grad():
-            best = BestTracker(degraded, self.value(model, degraded, objective, reference))
+        with torch.no_grad():  # outside inference mode: whatever the objective or model builds on its first call
+            best = BestTracker(degraded, self.value(model, degraded, objective, reference))  # stays autograd-safe
+        with torch.inference_mode():  # one forward pass of the whole batch per query, no autograd bookkeeping
             adversarial = self.initialise(degraded, generator)
             value = self.value(model, adversarial, objective, reference)
             for iteration in range(self.params["queries"] - 2):
@@ -123,6 +126,7 @@ class _SquareBase(Attack):
                 better = tried > value
                 adversarial = torch.where(better[:, None, None, None], candidate, adversarial)
                 value = torch.where(better, tried, value)
+        with torch.no_grad():  # outside inference mode, so the result is a normal tensor
             best.update(adversarial, value)
         self.last_queries = torch.full((degraded.shape[0],), self.params["queries"], dtype=torch.int64)
         return best.adversarial
@@ -160,24 +164,27 @@ class SquareLinf(_SquareBase):
 @lru_cache(maxsize=64)
 def _nested_squares(rows: int, cols: int) -> torch.Tensor:
     """Centred nested rectangles: ring k (Chebyshev distance k from the centre) holds Σ_{j≥k} 1/(j+1)²;
-    unit L2 norm."""
-    pattern = torch.zeros(rows, cols, dtype=torch.float64)
-    top, left = rows // 2, cols // 2
-    for k in range(max(rows // 2 + 1, cols // 2 + 1)):
-        pattern[max(top - k, 0):min(top + k + 1, rows), max(left - k, 0):min(left + k + 1, cols)] += 1.0 / (k + 1) ** 2
-    return pattern / pattern.norm().clamp_min(1e-12)
+    unit L2 norm. Cached, so built as a normal tensor even when first asked for inside inference mode."""
+    with torch.inference_mode(False):
+        pattern = torch.zeros(rows, cols, dtype=torch.float64)
+        top, left = rows // 2, cols // 2
+        for k in range(max(rows // 2 + 1, cols // 2 + 1)):
+            pattern[max(top - k, 0):min(top + k + 1, rows),
+                    max(left - k, 0):min(left + k + 1, cols)] += 1.0 / (k + 1) ** 2
+        return pattern / pattern.norm().clamp_min(1e-12)
 
 
 @lru_cache(maxsize=64)
 def meta_pattern(side: int) -> torch.Tensor:
     """The paper's meta-pattern (side × side, unit L2 norm): nested squares in the top half, the same with the
-    opposite sign in the bottom half."""
+    opposite sign in the bottom half (cached: a normal tensor, as _nested_squares)."""
     half = side // 2
-    pattern = torch.zeros(side, side, dtype=torch.float64)
-    if half > 0:
-        pattern[:half] = _nested_squares(half, side)
-    pattern[half:] = -_nested_squares(side - half, side)
-    return pattern / pattern.norm().clamp_min(1e-12)
+    with torch.inference_mode(False):
+        pattern = torch.zeros(side, side, dtype=torch.float64)
+        if half > 0:
+            pattern[:half] = _nested_squares(half, side)
+        pattern[half:] = -_nested_squares(side - half, side)
+        return pattern / pattern.norm().clamp_min(1e-12)
 
 
 def _random_meta_patterns(side: int, batch: int, generator, like) -> torch.Tensor:

@@ -61,9 +61,14 @@ class Defense:
         return any(component.randomized for component in self.components)
 
     def prepare_model(self, model):
+        from udcbench.models.memory import is_checkpointing, set_checkpointing
+
+        swapped = model
         for component in self.components:
-            model = component.swap_weights(model)
-        return model
+            swapped = component.swap_weights(swapped)
+        if swapped is not model and is_checkpointing(model):  # --memory low carries over to fine-tuned weights
+            set_checkpointing(swapped, True)
+        return swapped
 
     def record(self, model_name: str) -> list[dict]:
         """The components' records (`DefenseComponent.record`), for those that have one."""

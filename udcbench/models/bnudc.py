@@ -253,6 +253,8 @@ PAPER = ("Koh et al., BNUDC: A Two-Branched Deep Neural Network for Restoring Im
          "Cameras, CVPR 2022")
 
 
+BLOCKS = (SmoothDilatedResidualBlock,)  # checkpointed one by one under --memory low (udcbench.models.memory)
+
 def _factory(config: str):
     def build() -> BNUDC:
         return BNUDC(**CONFIGS[config])
@@ -260,6 +262,6 @@ def _factory(config: str):
 
 
 for _name in CONFIGS:
-    register_model(_name, family="bnudc", contract=CONTRACT, paper=PAPER, convert_state=convert_state,
+    register_model(_name, family="bnudc", contract=CONTRACT, paper=PAPER, convert_state=convert_state, blocks=BLOCKS,
                    checkpoint_format="plain state_dict from DataParallel ('module.' prefix), legacy weight-norm "
                                      "keys weight_g/weight_v")(_factory(_name))

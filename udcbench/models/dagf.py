@@ -242,6 +242,8 @@ PAPER = ("Sundar et al., Deep Atrous Guided Filter for Image Restoration in Unde
          "ECCV 2020 workshops")
 
 
+BLOCKS = (AtrousBlock, ResidualFFABlock)  # checkpointed one by one under --memory low (udcbench.models.memory)
+
 def _factory(config: str):
     def build() -> DAGF:
         return DAGF(**CONFIGS[config])
@@ -249,6 +251,6 @@ def _factory(config: str):
 
 
 for _name in CONFIGS:
-    register_model(_name, family="dagf", contract=CONTRACT, paper=PAPER,
+    register_model(_name, family="dagf", contract=CONTRACT, paper=PAPER, blocks=BLOCKS,
                    checkpoint_format="{'state_dict': ..., 'optimizer', 'epoch', 'global_step', 'loss'} "
                                      "from DataParallel ('module.' prefix)")(_factory(_name))

@@ -163,6 +163,8 @@ PAPER = ("DWFormer, MIPI 2022 UDC image restoration challenge entry (Feng et al.
          "Under-Display Camera Image Restoration: Methods and Results, ECCV Workshops 2022)")
 
 
+BLOCKS = (Block,)  # checkpointed one by one under --memory low (udcbench.models.memory)
+
 def _factory(config: str):
     def build() -> DWFormer:
         return DWFormer(**CONFIGS[config])
@@ -170,5 +172,5 @@ def _factory(config: str):
 
 
 for _name in CONFIGS:
-    register_model(_name, family="dwformer", contract=CONTRACT, paper=PAPER,
+    register_model(_name, family="dwformer", contract=CONTRACT, paper=PAPER, blocks=BLOCKS,
                    checkpoint_format="{'state_dict': ...} from DataParallel ('module.' prefix)")(_factory(_name))

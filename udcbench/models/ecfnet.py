@@ -241,6 +241,10 @@ PAPER = ("Zhu et al., Enhanced Coarse-to-Fine Network for Image Restoration from
          "ECCV 2022 workshops (MIPI)")
 
 
+# checkpointed one by one under --memory low (udcbench.models.memory): the dense blocks and the cross-scale
+# fusions (whose 2·22c-channel interiors would otherwise be kept)
+BLOCKS = (ResidualDenseBlock, GatedFusion, PlainFusion)
+
 def _factory(config: str):
     def build() -> ECFNet:
         return ECFNet(**CONFIGS[config])
@@ -248,5 +252,5 @@ def _factory(config: str):
 
 
 for _name in CONFIGS:
-    register_model(_name, family="ecfnet", contract=CONTRACT, paper=PAPER,
+    register_model(_name, family="ecfnet", contract=CONTRACT, paper=PAPER, blocks=BLOCKS,
                    checkpoint_format="plain state_dict (ckpt/model.pth)")(_factory(_name))

@@ -148,6 +148,8 @@ CONTRACT = InputContract(value_range=(0.0, 1.0), tone_mapping=None, pad_multiple
 PAPER = "Chen et al., Simple Baselines for Image Restoration, ECCV 2022"
 
 
+BLOCKS = (NAFBlock,)  # checkpointed one by one under --memory low (udcbench.models.memory)
+
 def _factory(config: str):
     def build() -> NAFNet:
         return NAFNet(**CONFIGS[config])
@@ -155,5 +157,5 @@ def _factory(config: str):
 
 
 for _name in CONFIGS:
-    register_model(_name, family="nafnet", contract=CONTRACT, paper=PAPER,
+    register_model(_name, family="nafnet", contract=CONTRACT, paper=PAPER, blocks=BLOCKS,
                    checkpoint_format="BasicSR {'params': ...}")(_factory(_name))

@@ -214,6 +214,8 @@ CONTRACT = InputContract(value_range=(0.0, 1.0), tone_mapping=None, pad_multiple
 PAPER = "Zamir et al., Restormer: Efficient Transformer for High-Resolution Image Restoration, CVPR 2022"
 
 
+BLOCKS = (TransformerBlock,)  # checkpointed one by one under --memory low (udcbench.models.memory)
+
 def _factory(config: str):
     def build() -> Restormer:
         return Restormer(**CONFIGS[config])
@@ -221,5 +223,5 @@ def _factory(config: str):
 
 
 for _name in CONFIGS:
-    register_model(_name, family="restormer", contract=CONTRACT, paper=PAPER,
+    register_model(_name, family="restormer", contract=CONTRACT, paper=PAPER, blocks=BLOCKS,
                    checkpoint_format="{'params': ...} (BasicSR)")(_factory(_name))

@@ -199,6 +199,10 @@ PAPER = ("Liu et al., UDC-UNet: Under-Display Camera Image Restoration via U-Sha
          "ECCV 2022 workshops (MIPI)")
 
 
+# checkpointed one by one under --memory low (udcbench.models.memory): the residual blocks and the per-level
+# condition and kernel heads (only their outputs, which the U-Net needs later, are kept)
+BLOCKS = (ResBlockSFT, ResidualBlockNoBN, "KNet*", "CondNet*")
+
 def _factory(config: str):
     def build() -> UDCUNet:
         return UDCUNet(**CONFIGS[config])
@@ -206,5 +210,5 @@ def _factory(config: str):
 
 
 for _name in CONFIGS:
-    register_model(_name, family="udcunet", contract=CONTRACT, paper=PAPER,
+    register_model(_name, family="udcunet", contract=CONTRACT, paper=PAPER, blocks=BLOCKS,
                    checkpoint_format="BasicSR {'params_ema': ...} (also 'params')")(_factory(_name))

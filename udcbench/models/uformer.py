@@ -134,8 +134,13 @@ class WindowAttention(nn.Module):
         b, n, c = x.shape
         q, k, v = self.qkv(x)
         attn = (q * self.scale) @ k.transpose(-2, -1)
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        attn = attn + bias.view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
+        table, index = self.relative_position_bias_table, self.relative_position_index.view(-1)
+        if torch.compiler.is_compiling():  # the same bias exactly (one-hot columns pick table entries), which
+            # inductor makes once per call instead of gathering it again for every window (models/compiled.py)
+            bias = table.t() @ (torch.arange(len(table), device=x.device)[:, None] == index).to(table.dtype)
+        else:
+            bias = table[index].t()  # heads, n²
+        attn = attn + bias.view(-1, n, n).unsqueeze(0)
         if mask is not None:  # (nW, n, n), added per window
             windows = mask.shape[0]
             attn = attn.view(b // windows, windows, self.heads, n, n) + mask[None, :, None]
@@ -387,6 +392,8 @@ def _checkpoint_hint(config: str):
     return hint
 
 
+BLOCKS = (LeWinBlock,)  # checkpointed one by one under --memory low (udcbench.models.memory)
+
 def _factory(config: str):
     def build(train_patch: int = CONFIGS[config]["img_size"]) -> Uformer:
         return Uformer(**{**CONFIGS[config], "img_size": train_patch})
@@ -394,7 +401,7 @@ def _factory(config: str):
 
 
 for _name in CONFIGS:
-    register_model(_name, family="uformer", contract=CONTRACT, paper=PAPER,
+    register_model(_name, family="uformer", contract=CONTRACT, paper=PAPER, blocks=BLOCKS,
                    checkpoint_format="{'state_dict': ...} from DataParallel ('module.' prefix)",
                    options={"train_patch": _train_patch_option(_name)},
                    checkpoint_hint=_checkpoint_hint(_name))(_factory(_name))

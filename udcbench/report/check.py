@@ -131,9 +131,14 @@ def configuration(key: dict) -> str:
     return f"{text} · {extra}" if extra else text
 
 
+# how a run executed, not what it measured: a compiled run is checked against the eager baseline row
+EXECUTION = ("backend",)
+
+
 def key_columns(frame: pd.DataFrame) -> list[str]:
-    """The identity columns a baseline has (KEYS in older baselines); the run hash only where labels tie."""
-    columns = [c for c in IDENTITY if c in frame.columns and c != RUN]
+    """The identity columns a baseline has (KEYS in older baselines) but the execution ones; the run hash only
+    where labels tie."""
+    columns = [c for c in IDENTITY if c in frame.columns and c != RUN and c not in EXECUTION]
     if RUN in frame.columns and frame.duplicated(columns).any():
         columns.append(RUN)
     return columns

@@ -21,17 +21,18 @@ import pandas as pd
 # the classic columns, in the order leaderboards have always shown them
 KEYS = ["model", "weights", "defense", "threat", "attack", "objective", "eps", "steps", "seed"]
 # every other setting that separates runs; label column -> the stored column it is read from
-SETTINGS = ["data", "split", "settings", "mask", "eot", "batch_size", "precision", "scoring", "model_options",
-            "weights_digest", "device"]
+SETTINGS = ["data", "split", "settings", "mask", "eot", "batch_size", "eps_batch", "precision", "backend",
+            "scoring", "model_options", "weights_digest", "device"]
 SOURCE = {"settings": "attack_settings"}
 RUN = "run_hash"
 IDENTITY = KEYS + SETTINGS + [RUN]
 # the label a setting has when it was left at its default (renderers keep such settings out of captions)
 DEFAULT_LABELS = {"data": "udc-mini", "split": "test", "settings": "-", "mask": "-", "eot": "-", "batch_size": "1",
-                  "precision": "fp32", "scoring": "float", "model_options": "-", "device": "cpu"}
+                  "eps_batch": "1", "precision": "fp32", "backend": "eager", "scoring": "float", "model_options": "-",
+                  "device": "cpu"}
 STATED = ("data", "scoring")  # conventions a table always states, even at their defaults
-SETTING_NAMES = {"settings": "attack settings", "batch_size": "batch size", "model_options": "model options",
-                 "weights_digest": "weights digest", "eot": "EOT draws"}
+SETTING_NAMES = {"settings": "attack settings", "batch_size": "batch size", "eps_batch": "ε values per batch",
+                 "model_options": "model options", "weights_digest": "weights digest", "eot": "EOT draws"}
 
 
 def _missing(value) -> bool:
@@ -85,7 +86,9 @@ def _label_settings(frame: pd.DataFrame) -> None:
     frame["mask"] = frame["mask"].map(lambda m: "-" if _missing(m) else m if str(m).startswith("box:")
                                       else Path(str(m)).name)
     frame["batch_size"] = frame["batch_size"].map(lambda b: "1" if _missing(b) else _text(b))
+    frame["eps_batch"] = frame["eps_batch"].map(lambda b: "1" if _missing(b) else _text(b))
     frame["precision"] = frame["precision"].map(lambda p: "fp32" if _missing(p) else p)
+    frame["backend"] = frame["backend"].map(lambda b: "eager" if _missing(b) else b)
     frame["scoring"] = frame["scoring"].map(lambda s: "float" if _missing(s) else s)
     frame["device"] = frame["device"].map(lambda d: "-" if _missing(d) else str(d).split(":")[0])
     for column in ("data", "split", "eot", "model_options", "weights_digest"):

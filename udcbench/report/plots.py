@@ -29,7 +29,8 @@ CLEAN_COUNTERPART = {"psnr_adv_gt": "psnr_clean_gt", "ssim_adv_gt": "ssim_clean_
 LINE_DIMENSIONS = ("model", "defense", "threat")
 # shown in a line's label too when they differ between the runs of one subplot
 OTHER_DIMENSIONS = ("weights", "objective", "steps", "seed", "data", "split", "mask", "eot", "settings",
-                    "batch_size", "precision", "scoring", "model_options", "weights_digest", "device")
+                    "batch_size", "eps_batch", "precision", "backend", "scoring", "model_options", "weights_digest",
+                    "device")
 PANEL_IMAGES = (("degraded", "degraded y"), ("adversarial", "attacked y′"), ("restored", "restored f(y)"),
                 ("restored_adv", "restored f(y′)"), ("defended_adv", "defended D(y′)"), ("gt", "ground truth"))
 HEADER, LEFT, GAP = 44, 180, 6  # pixels: column titles, row labels, space between tiles

@@ -25,10 +25,10 @@ from udcbench.report.identity import DEFAULT_LABELS, label_rows
 from udcbench.report.leaderboard import DIGITS
 
 DIMENSIONS = ("model", "weights", "defense", "threat", "attack", "objective", "eps", "steps", "seed", "data",
-              "split", "norm", "eot", "mask", "settings", "batch_size", "precision", "scoring", "model_options",
-              "weights_digest", "device", "run")
+              "split", "norm", "eot", "mask", "settings", "batch_size", "eps_batch", "precision", "backend", "scoring",
+              "model_options", "weights_digest", "device", "run")
 # settings added in 0.2: left out of captions at their defaults (scoring is always stated)
-NEW_DIMENSIONS = ("settings", "batch_size", "precision", "model_options", "device")
+NEW_DIMENSIONS = ("settings", "batch_size", "eps_batch", "precision", "backend", "model_options", "device")
 DEFAULT_ROWS = ("model", "defense")
 DEFAULT_COLUMNS = ("attack", "eps")
 METRIC_NAMES = {"psnr_gt": "psnr_adv_gt", "ssim_gt": "ssim_adv_gt", "lpips_gt": "lpips_adv_gt",

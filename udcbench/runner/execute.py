@@ -45,6 +45,8 @@ class Job:
     precision: str = "fp32"
     spec: object = None  # the RunSpec it was prepared from
     warnings: list = field(default_factory=list)  # settings that run but mislead (printed by the CLI)
+    notes: list = field(default_factory=list)  # how it executes: --memory / --compile decisions (printed by the CLI)
+    eps_partners: list = field(default_factory=list)  # --eps-batch: the runs crafted with this one (plan.py)
 
     @property
     def attacks_bare_model(self) -> bool:
@@ -92,6 +94,10 @@ class SharedWork:
     def get(self, kind: str, key, compute):
         if (kind, key) in self.items:
             value, cost = self.items[(kind, key)]
+            if cost is None:  # computed together with another item (put), first use: counts as computed
+                self.items[(kind, key)] = (value, 0)
+                self.computed[kind] += self.images
+                return value
             self.reused[kind] += self.images
             self.saved += cost
             return value
@@ -100,6 +106,10 @@ class SharedWork:
         self.items[(kind, key)] = (value, self.passes - before)
         self.computed[kind] += self.images
         return value
+
+    def put(self, kind: str, key, value) -> None:
+        """An item computed along with another one (its passes are counted there)."""
+        self.items.setdefault((kind, key), (value, None))
 
     def clear(self) -> None:
         self.items.clear()
@@ -221,9 +231,26 @@ def _score_job(job: Job, model, samples, degraded, gt, work: SharedWork, keep: d
         with torch.no_grad():
             return adversarial, (attack.last_queries, attack.last_iterations), model(adversarial).float()
 
+    def craft_stack():
+        """--eps-batch: every partner's example from one pass over a K·B batch; the others wait in `work`."""
+        partners, count = job.eps_partners, len(job.eps_partners)
+        stacked = job.model.bind(**{k: v.repeat(count, *[1] * (v.dim() - 1)) for k, v in (inputs or {}).items()
+                                    if k in job.model.contract.extra_inputs})
+        budgets = [(p.attack.params["eps"], p.attack.params["alpha"]) for p in partners]
+        results = job.attack.perturb_budgets(stacked, degraded, job.objective, reference,
+                                             batch_generator(seed, names, "attack"), budgets)
+        with torch.no_grad():
+            items = {p.attack_key: (adv.detach(), (None, None), model(adv.detach()).float())
+                     for p, adv in zip(partners, results)}
+        for key, item in items.items():
+            if key != job.attack_key:
+                work.put("adversarial example", key, item)
+        return items[job.attack_key]
+
     if job.attacks_bare_model:
         adversarial, (queries, iterations), adversarial_output = work.get(
-            "adversarial example", job.attack_key, lambda: craft(job.attack, model, reference))
+            "adversarial example", job.attack_key,
+            craft_stack if job.eps_partners else lambda: craft(job.attack, model, reference))
     else:
         # adaptive: the attacker differentiates (or queries) the whole defended system, with fresh defense
         # randomness on every call, and pushes its output away from the defended clean output

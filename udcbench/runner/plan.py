@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from udcbench.errors import SpecError
 from udcbench.runner.execute import Job
 
 
@@ -88,4 +89,27 @@ def make_plan(specs, prepare_cache: dict | None = None) -> Plan:
     grouped: dict[tuple, list[Job]] = {}
     for job in jobs:
         grouped.setdefault(group_key(job), []).append(job)
+    for members in grouped.values():
+        link_eps_stacks(members)
     return Plan(jobs=jobs, groups=[Group(members) for members in grouped.values()])
+
+
+def link_eps_stacks(jobs: list[Job]) -> None:
+    """--eps-batch: give each run with eps_batch = K > 1 its K partners — the gray-box runs of one group whose
+    attack setting differs only in eps — ordered by eps; their adversarial examples are crafted as one batch
+    (execute.py). Every partner must be in the plan (the batch shape is part of the run's identity)."""
+    from udcbench.runner.suite import _stack_key
+
+    stacks: dict = {}
+    for job in jobs:
+        if job.spec is not None and job.spec.eps_batch > 1 and job.attacks_bare_model:
+            key = (_stack_key(job.spec), job.spec.eps_batch)
+            stacks.setdefault(key, {}).setdefault(job.attack_key, job)
+    for (key, count), members in stacks.items():
+        partners = sorted(members.values(), key=lambda job: job.attack.params["eps"])
+        if key is None or len(partners) != count:
+            raise SpecError(f"--eps-batch: {partners[0].attack.name} was planned with {count} eps values per batch "
+                            f"but the plan holds {len(partners)} of them; give every eps of the setting in one "
+                            "command or suite (exclude rules must not remove some of them), or drop --eps-batch")
+        for job in members.values():
+            job.eps_partners = partners

@@ -52,6 +52,8 @@ def run_with_ray(plan: Plan, units, finished, address: str | None = None, gpus_p
         pending = {}
         for unit in units:
             jobs = [job for job in plan.groups[unit.group].jobs if job.run_hash in unit.runs]
+            jobs += [p for job in jobs for p in job.eps_partners if p not in jobs]  # a stack is crafted whole
+            jobs = list({job.run_hash: job for job in jobs}.values())
             specs = [dataclasses.replace(job.spec, device=str(job.device)) for job in jobs]
             gpus = (1 if gpus_per_task is None else gpus_per_task) if jobs[0].device.type == "cuda" else 0
             pending[remote.options(num_cpus=1, num_gpus=gpus).remote(specs, unit.indices, threads)] = unit

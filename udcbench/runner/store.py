@@ -38,7 +38,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("torch_version", "TEXT"), ("created_at", "TEXT"),
     # what separates runs besides the columns above (added in 0.2; NULL in rows of older versions)
     ("attack_settings", "TEXT"), ("weights_digest", "TEXT"), ("model_options", "TEXT"), ("scoring", "TEXT"),
-    ("iterations", "INTEGER"),
+    ("iterations", "INTEGER"), ("eps_batch", "INTEGER"), ("backend", "TEXT"),
 )
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 

@@ -15,6 +15,9 @@
     batch_size: 1
     precision: fp32                   # bf16: autocast on GPU
     scoring: float                    # 8bit: score outputs rounded to 8 bits (as saved PNGs)
+    eps_batch: false                  # true: the ε values of one PGD setting run as one batch (gray-box)
+    memory: auto                      # low: activation checkpointing; normal: never; auto: only if needed
+    compile: false                    # true: torch.compile the networks (eager where slower or unequal)
     lpips: null                       # alex | vgg: also score LPIPS
     eot: null
 
@@ -35,7 +38,8 @@ from udcbench.errors import SpecError
 from udcbench.spec import AttackSpec, DataSpec, DefenseSpec, ModelSpec, RunSpec
 
 TOP_KEYS = ("suite", "description", "data", "split", "limit", "seed", "seeds", "models", "attacks", "defenses",
-            "threats", "exclude", "device", "batch_size", "precision", "scoring", "lpips", "eot")
+            "threats", "exclude", "device", "batch_size", "precision", "scoring", "lpips", "eot", "eps_batch", "memory",
+            "compile")
 EXCLUDE_KEYS = ("model", "attack", "eps", "defense", "threat", "seed", "data")
 ATTACK_KEYS = ("name", "objective", "mask")  # besides the attack's own parameters
 DATA_KEYS = ("name", "split", "limit")
@@ -55,6 +59,9 @@ class Suite:
     batch_size: int = 1
     precision: str = "fp32"
     scoring: str = "float"
+    eps_batch: bool = False
+    memory: str = "auto"
+    compile: bool = False
     lpips: str | None = None
     eot: int | None = None
     exclude: list[dict] = field(default_factory=list)
@@ -76,13 +83,46 @@ class Suite:
                 continue
             specs.append(RunSpec(model=model, attack=attack, defense=DefenseSpec(defense), data=data, seed=seed,
                                  device=self.device, threat=threat, lpips=self.lpips, eot=self.eot,
-                                 batch_size=self.batch_size, precision=self.precision, scoring=self.scoring))
-        return specs
+                                 batch_size=self.batch_size, precision=self.precision, scoring=self.scoring,
+                                 memory=self.memory, compile=bool(self.compile)))
+        return stack_eps(specs) if self.eps_batch else specs
 
     def describe(self) -> str:
         counts = [(len(self.models), "model"), (len(self.data), "dataset"), (len(self.attacks), "attack setting"),
                   (len(self.defenses), "defense"), (len(self.threats), "threat model"), (len(self.seeds), "seed")]
         return " × ".join(f"{n} {label}{'s' if n != 1 else ''}" for n, label in counts)
+
+
+def _stack_key(spec: RunSpec):
+    """What the runs of one ε stack share: everything but eps (None: the run cannot be stacked)."""
+    from udcbench.registry import ATTACKS
+
+    crafted_bare = spec.threat == "gray-box" or spec.defense.spec.strip() == "none"
+    if not crafted_bare or spec.attack.mask is not None or "eps" not in dict(spec.attack.params):
+        return None
+    if not getattr(ATTACKS.get(spec.attack.name).factory, "stacks_eps", False):
+        return None
+    params = tuple((k, v) for k, v in spec.attack.params if k != "eps")
+    return (spec.model, spec.data, spec.seed, spec.device, spec.batch_size, spec.precision, spec.attack.name,
+            params, spec.attack.objective)
+
+
+def stack_eps(specs: list[RunSpec]) -> list[RunSpec]:
+    """--eps-batch: every gray-box run of a stackable attack (pgd) records how many ε values its attack setting
+    has in the plan (eps_batch = K); the planner then crafts them as one K·B batch."""
+    import dataclasses
+
+    values: dict = {}
+    for spec in specs:
+        key = _stack_key(spec)
+        if key is not None:
+            values.setdefault(key, set()).add(str(dict(spec.attack.params)["eps"]))
+    stacked = []
+    for spec in specs:
+        key = _stack_key(spec)
+        count = len(values[key]) if key is not None else 1
+        stacked.append(dataclasses.replace(spec, eps_batch=count) if count > 1 else spec)
+    return stacked
 
 
 def attack_settings(name: str, params: dict, objective="mse-clean", mask=None, where: str = "") -> list[AttackSpec]:
@@ -183,7 +223,7 @@ def load_suite(path: str | Path) -> Suite:
         raise SpecError(f"{_where(path, nodes['seeds'])}give either seed or seeds, not both")
     if "seed" in data or "seeds" in data:
         suite.seeds = [int(v) for v in _as_list(data.get("seeds", data.get("seed")))]
-    for key in ("device", "batch_size", "precision", "scoring", "lpips", "eot"):
+    for key in ("device", "batch_size", "precision", "scoring", "lpips", "eot", "eps_batch", "memory", "compile"):
         if key in data:
             setattr(suite, key, data[key])
     empty = [key for key in ("models", "attacks", "defenses", "threats", "seeds") if not getattr(suite, key)]

@@ -98,12 +98,12 @@ def link_eps_stacks(jobs: list[Job]) -> None:
     """--eps-batch: give each run with eps_batch = K > 1 its K partners — the gray-box runs of one group whose
     attack setting differs only in eps — ordered by eps; their adversarial examples are crafted as one batch
     (execute.py). Every partner must be in the plan (the batch shape is part of the run's identity)."""
-    from udcbench.runner.suite import _stack_key
+    from udcbench.runner.suite import eps_stack_key
 
     stacks: dict = {}
     for job in jobs:
         if job.spec is not None and job.spec.eps_batch > 1 and job.attacks_bare_model:
-            key = (_stack_key(job.spec), job.spec.eps_batch)
+            key = (eps_stack_key(job.spec), job.spec.eps_batch)
             stacks.setdefault(key, {}).setdefault(job.attack_key, job)
     for (key, count), members in stacks.items():
         partners = sorted(members.values(), key=lambda job: job.attack.params["eps"])

@@ -93,7 +93,7 @@ class Suite:
         return " × ".join(f"{n} {label}{'s' if n != 1 else ''}" for n, label in counts)
 
 
-def _stack_key(spec: RunSpec):
+def eps_stack_key(spec: RunSpec):
     """What the runs of one ε stack share: everything but eps (None: the run cannot be stacked)."""
     from udcbench.registry import ATTACKS
 
@@ -114,12 +114,12 @@ def stack_eps(specs: list[RunSpec]) -> list[RunSpec]:
 
     values: dict = {}
     for spec in specs:
-        key = _stack_key(spec)
+        key = eps_stack_key(spec)
         if key is not None:
             values.setdefault(key, set()).add(str(dict(spec.attack.params)["eps"]))
     stacked = []
     for spec in specs:
-        key = _stack_key(spec)
+        key = eps_stack_key(spec)
         count = len(values[key]) if key is not None else 1
         stacked.append(dataclasses.replace(spec, eps_batch=count) if count > 1 else spec)
     return stacked

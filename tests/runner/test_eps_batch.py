@@ -36,6 +36,7 @@ def both():
 
     from udcbench.models.base import RestorationModel
 
+    make_plan(suite(True).specs())  # --memory auto probes each model once per process: not an attack pass
     handle = torch.nn.modules.module.register_module_forward_pre_hook(
         lambda m, i: hook(m, i) if isinstance(m, RestorationModel) and i[0].requires_grad else None)
     try:

@@ -4,14 +4,15 @@ run, with the floor the forward passes set.
 
     python benchmarks/blackbox.py [--model uformer-nano] [--images 4] [--reference 350adf5] [--iterations 1000]
                                   [--queries 1000] [--attacks simba-pixel,simba-dct,square] [--device cpu]
-                                  [--old-batch B]
+                                  [--old-batch B] [--compile]
 
 The reference implementation is read from git (`git show REV:udcbench/attacks/{simba,square}.py`, default: the
 revision before the inference-mode change) and executed as a private module, so old and new run on the same
 model, images, objective (mse-clean) and seed in this process. Prints JSON lines:
 - first, `"what": "forward"`: the batched forward pass (inference mode, best of 10 after a warm-up):
   `forward_batch_s` for all --images images, `forward_single_s` for one image, `forward_per_query_s` =
-  forward_batch_s / images (the floor per query: one image's share of a full-batch pass);
+  forward_batch_s / images (the floor per query: one image's share of a full-batch pass; --compile: of the
+  compiled one);
 - then one line per attack: `old_s` / `new_s` (wall seconds of one attack on the batch, reference first),
   `old_cpu_s` / `new_cpu_s` (process CPU seconds, steadier on a shared machine), `ratio` = new_s / old_s
   (target ≤ 0.5), `queries` (the batch's total, from the new run), `forward_calls` and `forward_s` (the calls
@@ -23,6 +24,11 @@ model, images, objective (mse-clean) and seed in this process. Prints JSON lines
 `--old-batch 1` runs the reference one image at a time (as `udcbench run` does with its default
 `--batch-size 1`) while the new implementation gets the whole batch (`--batch-size 4`); each image then draws
 its own random order, so `identical` is only checked when both runs see the same batches.
+`--compile` runs the new implementation on the network compiled for the batch (`udcbench run --compile`:
+`Compiler.prepare`, whose inference-mode graph the queries use); its compile time and check are printed on the
+first line (`compile`), apart from the attacks' wall times; `forward_compiled_batch_s` is the compiled batched
+forward, and the floor uses it. Compiled outputs equal eager ones within 1e-4 relative, not bit for bit, so a
+query's accept/reject decision can flip and `identical` (when checked) may be false.
 Results go into benchmarks/RESULTS.md.
 """
 
@@ -44,6 +50,7 @@ import torch
 from udcbench.attacks import make_attack, make_objective
 from udcbench.data.datasets import load_dataset
 from udcbench.models import load_model
+from udcbench.models.compiled import Compiler
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = "350adf5"  # the last revision before the inference-mode change of simba.py and square.py
@@ -109,6 +116,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--old-batch", type=int, default=None,
                         help="images per call of the reference attack (default: all, like the new one)")
+    parser.add_argument("--compile", action="store_true", help="the new implementation on the compiled network")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.threads:
@@ -134,18 +142,28 @@ def main() -> None:
         return run
 
     batch_s, single_s = best_time(forward(degraded)), best_time(forward(degraded[:1]))
-    per_query = batch_s / degraded.shape[0]
+    new_model, compiled = model, {}
+    if args.compile:
+        outcome = Compiler().prepare(model, tuple(degraded.shape), device)
+        new_model, compiled = outcome.model, {"compile": outcome.report()}
+        if outcome.compiled:
+            def run_compiled():
+                with torch.inference_mode():
+                    new_model(degraded)
+                sync()
+            compiled["forward_compiled_batch_s"] = round(best_time(run_compiled), 4)
+    per_query = compiled.get("forward_compiled_batch_s", batch_s) / degraded.shape[0]
     common = {"date": date.today().isoformat(), "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
               "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "device": str(device), "model": args.model, "input": "×".join(map(str, degraded.shape))}
     print(json.dumps({"what": "forward", **common, "forward_batch_s": round(batch_s, 4),
                       "forward_single_s": round(single_s, 4), "forward_per_query_s": round(per_query, 4),
-                      "load_average": os.getloadavg()[0]}), flush=True)
+                      **compiled, "load_average": os.getloadavg()[0]}), flush=True)
 
     for name, (new, old) in attacks(args).items():
         results = {}
         for label, attack in (("old", old), ("new", new)):
-            timed = TimedModel(model, sync)
+            timed = TimedModel(new_model if label == "new" else model, sync)
             started, cpu = time.perf_counter(), time.process_time()
             step = (args.old_batch or len(degraded)) if label == "old" else len(degraded)
             adversarial, queries = [], []
@@ -167,7 +185,7 @@ def main() -> None:
             "old_outside_s": round(old_s - old_timed.seconds, 2), "new_outside_s": round(new_s - timed.seconds, 2),
             "floor_s": round(queries * per_query, 2), "floor_ratio": round(queries * per_query / old_s, 3),
             "floor_single_s": round(queries * single_s, 2),
-            "old_batch": args.old_batch or len(degraded),
+            "old_batch": args.old_batch or len(degraded), "compiled": bool(args.compile),
             "identical": (bool(torch.equal(old_adv, new_adv) and torch.equal(old_q, new_q))
                           if (args.old_batch or len(degraded)) == len(degraded) else None),
             "load_average": os.getloadavg()[0]}), flush=True)

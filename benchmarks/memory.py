@@ -9,8 +9,10 @@ loads the model with random weights, then runs --steps white-box PGD steps on on
 MSE to a random target, gradient w.r.t. the input, signed step, projection). It reports its peak RSS
 (getrusage ru_maxrss, as `/usr/bin/time -v` would), its RSS before the first step (torch + parameters) and the
 wall and CPU time of the last step (the first one also builds the oneDNN kernels for the new shapes).
-Both modes run with glibc's mmap threshold fixed at --malloc-threshold (128 KiB: what `set_checkpointing`
-sets for checkpointed runs; 0 keeps glibc's dynamic threshold, which lets freed blocks inflate the peak RSS).
+Both modes run with glibc's mmap threshold fixed at --malloc-threshold (128 KiB: what a `udcbench run` sets for
+checkpointed and memory-bound CPU runs; 0 keeps glibc's dynamic threshold, which lets freed blocks inflate the
+peak RSS), and with torch's transparent-huge-page advice that importing udcbench turns on (run the script with
+THP_MEM_ALLOC_ENABLE=0 to measure without it).
 
 Before measuring, one child per model probes the library's estimate (`udcbench.models.memory.probe`: two
 small sizes, extrapolated by pixel count). A configuration whose estimate — its address space before the step

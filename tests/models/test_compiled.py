@@ -105,8 +105,10 @@ def test_faster_compiled_is_kept(tiny_model, fake, fixed_timings):
     assert report["compile_seconds"] >= 0 and report["reason"] is None
 
 
-def test_mismatch_falls_back(tiny_model, images, fake):
-    fake(transform=lambda out: out * (1 + 1e-3))
+@pytest.mark.parametrize("only_inference", [False, True])
+def test_mismatch_falls_back(tiny_model, images, fake, only_inference):
+    fake(transform=lambda out: out * (1 + 1e-3) if torch.is_inference_mode_enabled() or not only_inference
+         else out)  # only_inference: the graph for black-box queries alone differs
     outcome = Compiler(max_ratio=float("inf")).prepare(tiny_model, (4, 3, 32, 32))
     assert outcome.verdict == "differs" and "differ from eager by 1.0e-03" in outcome.reason
     assert outcome.output_error == pytest.approx(1e-3, rel=1e-3)
@@ -167,10 +169,10 @@ def test_compiled_model_keeps_the_wrapper_contract(fake):
         assert torch.equal(rebound(x), out) and counter.calls == calls + 2
         y = torch.rand(3, 3, 30, 28)  # a batch it was not compiled for runs eager
         assert torch.equal(rebound(y), model.bind(psf_code=code)(y)) and counter.calls == calls + 2
-    with torch.inference_mode():  # autograd states it was not compiled for run eager too
-        rebound(x)
-    rebound(x)  # grad on, input not requiring grad
-    assert counter.calls == calls + 2
+    with torch.inference_mode():  # black-box queries: the inference-mode variant, probed by prepare
+        assert torch.equal(rebound(x), out) and counter.calls == calls + 3
+    rebound(x)  # grad on, input not requiring grad: a state it was not compiled for runs eager
+    assert counter.calls == calls + 3
 
 
 def test_model_needing_extras_without_them_runs_eager(fake):
@@ -207,3 +209,6 @@ def test_real_compile_of_a_tiny_network_equals_eager():
     with torch.no_grad():
         assert torch.equal(outcome.model(x), outcome.model(x))
         assert relative_error(outcome.model(x), eager_out) <= 1e-4
+        plain = outcome.model(x)
+    with torch.inference_mode():  # black-box queries use the inference-mode graph, equal to the no-grad one
+        assert relative_error(outcome.model(x), eager_out) <= 1e-4 and torch.equal(outcome.model(x), plain)

@@ -221,3 +221,25 @@ def test_train_patch_values_the_authors_could_not_train_at_are_refused(value, re
 def test_uformer_constructor_refuses_untrainable_patches():
     with pytest.raises(ValueError, match="img_size=200"):
         Uformer(img_size=200)
+
+
+def test_the_compiled_graphs_attention_layout_computes_the_eager_values(monkeypatch):
+    """The branch torch.compile traces (bias by one-hot columns, contiguous kᵀ and v) gives the eager output and
+    input gradient: bias entries exactly, the matmuls within float rounding."""
+    model = load_model("uformer-nano")
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+
+    def forward_backward():
+        out = model(x, clamp=False)
+        (grad,) = torch.autograd.grad(out.square().sum(), x)
+        return out.detach(), grad
+
+    eager_out, eager_grad = forward_backward()
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    traced_out, traced_grad = forward_backward()
+    assert torch.allclose(traced_out, eager_out, rtol=0, atol=1e-6)
+    assert torch.allclose(traced_grad, eager_grad, rtol=1e-5, atol=1e-9)
+    attention = next(m for m in model.modules() if type(m).__name__ == "WindowAttention")
+    table, index = attention.relative_position_bias_table, attention.relative_position_index.view(-1)
+    one_hot = table.t() @ (torch.arange(len(table))[:, None] == index).to(table.dtype)
+    assert torch.equal(one_hot, table[index].t())

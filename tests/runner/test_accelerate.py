@@ -4,6 +4,9 @@ written, never changing a number (memory) or never sharing a row with eager runs
 Real peaks and compile speed are measured by benchmarks/memory.py and benchmarks/compile.py, not here."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -38,6 +41,30 @@ def test_auto_keeps_a_small_run_plain_and_low_checkpoints_with_identical_rows():
     finally:
         torch.set_num_threads(threads)
     assert plain[METRICS].equals(checkpointed[METRICS])
+
+
+def test_checkpointed_and_memory_bound_cpu_runs_return_freed_memory(monkeypatch):
+    calls = []
+    monkeypatch.setattr(memory, "return_freed_memory", lambda: calls.append(1) or True)
+    api.prepare(spec(memory="normal"))  # a small plain step: glibc's default (faster) settings
+    assert calls == []
+    api.prepare(spec(memory="low"))  # checkpointed: peak RSS near the estimate
+    assert calls == [1]
+    model = api.prepare(spec(memory="normal")).model
+    plain = memory.probe(model).estimate((3, 128, 128)).need("normal")
+    monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": int(plain / 0.3))  # step > 25 %, fits
+    api.prepare(spec(memory="normal"))
+    assert calls == [1, 1]
+
+
+def test_importing_udcbench_asks_torch_for_huge_pages_unless_told_otherwise():
+    code = "import os, udcbench; print(os.environ['THP_MEM_ALLOC_ENABLE'])"
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+
+    def imported(extra: dict) -> str:
+        return subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    assert imported({}) == "1" and imported({"THP_MEM_ALLOC_ENABLE": "0"}) == "0"
 
 
 def test_auto_checkpoints_when_a_plain_step_would_not_fit_and_refuses_when_nothing_fits(monkeypatch):

@@ -14,17 +14,18 @@ but whether it does depends on the network and the machine, so the compiled path
 `prepare` compiles the bare network (`model.net`: the wrapper's padding, value mapping, crop and clamp stay
 eager) with `torch.compile(dynamic=False)` for the network's input shape after the contract's padding, and on a
 seeded probe input of that shape (uniform images; `extras` supplies inputs such as a PSF code):
-1. times the first compiled calls, with autograd on an input that requires grad and without autograd (an
-   attack makes both kinds of call, and each is its own graph): `compile_seconds`, reported apart;
+1. times the first compiled calls, with autograd on an input that requires grad, without autograd, and under
+   `torch.inference_mode` (white-box steps, scoring passes and black-box queries: each is its own graph):
+   `compile_seconds`, reported apart;
 2. compares the compiled forward + backward with eager: the output, the input gradient of a fixed random
-   linear objective and the no-grad output, each within `tolerance` (1e-4) relative (max |compiled − eager| /
-   max |eager|), and the compiled output must repeat bit for bit on a second call;
+   linear objective and the no-grad and inference-mode outputs, each within `tolerance` (1e-4) relative
+   (max |compiled − eager| / max |eager|), and the compiled output must repeat bit for bit on a second call;
 3. times forward + backward `repeats` times each way (best of): compiled / eager must be ≤ `max_ratio` (1.0).
 If compilation raises or a check fails, the shape runs eager and `outcome.warning` says why in one line, e.g.
 "uformer-nano: compiled forward+backward is 1.3× slower than eager on 4×3×128×128 (compile 41 s); running
 eager". The compiled model calls the compiled network only with the signatures that passed (shape, strides,
-dtype, device, extra inputs' shapes) and in the two autograd states probed (grad on and the input requiring
-grad, or grad off); any other call runs the eager network, so no compilation of minutes starts unannounced
+dtype, device, extra inputs' shapes) and in the three autograd states probed (grad on and the input requiring
+grad, grad off, inference mode); any other call runs the eager network, so no compilation of minutes starts unannounced
 inside an attack. Parameters must be frozen (as `load_model` leaves them); compiled and eager models share them.
 """
 
@@ -55,9 +56,10 @@ def signature(x: torch.Tensor, extras: tuple[torch.Tensor, ...] = ()) -> tuple:
 
 
 def _autograd_state(x: torch.Tensor) -> str | None:
-    """'grad' (autograd on, input requires grad) or 'no_grad' (autograd off): the two compiled variants."""
+    """'grad' (autograd on, input requires grad), 'no_grad' (autograd off) or 'inference' (inference mode): the
+    three compiled variants; None for grad on with an input that does not require grad."""
     if torch.is_inference_mode_enabled():
-        return None
+        return "inference"
     if torch.is_grad_enabled():
         return "grad" if x.requires_grad else None
     return "no_grad"
@@ -96,9 +98,9 @@ class CompileOutcome:
 
     model: the model to run (the compiled wrapper when `compiled`, else the model given), bound to the same
     extra inputs as the model given. shape: the network's input shape after the contract's padding.
-    compile_seconds: the first compiled calls (grad and no-grad), i.e. mostly compilation. eager_seconds /
+    compile_seconds: the first compiled calls (grad, no-grad, inference mode), i.e. mostly compilation. eager_seconds /
     compiled_seconds: one forward + backward, best of the timed repeats. output_error / gradient_error: the
-    largest relative difference, compiled vs eager (over the grad and no-grad outputs for output_error).
+    largest relative difference, compiled vs eager (over the grad, no-grad and inference-mode outputs for output_error).
     reason: why the shape runs eager (None when compiled). cached: this outcome was decided by an earlier call.
     """
 
@@ -296,10 +298,13 @@ class Compiler:
         _sync(device)
         with torch.no_grad():
             plain = wrapper(x, clamp=False, **extras)
+        with torch.inference_mode():  # black-box queries
+            inferred = wrapper(x, clamp=False, **extras)
         _sync(device)
         outcome.compile_seconds = time.perf_counter() - start
         again, _ = _forward_backward(wrapper, x, weight, extras)
-        outcome.output_error = max(relative_error(out, reference), relative_error(plain, reference_plain))
+        outcome.output_error = max(relative_error(out, reference), relative_error(plain, reference_plain),
+                                   relative_error(inferred, reference_plain))
         outcome.gradient_error = relative_error(grad, reference_grad)
         if outcome.output_error > self.tolerance or outcome.gradient_error > self.tolerance:
             outcome.reason = (f"compiled output/gradient differ from eager by {outcome.output_error:.1e}/"

@@ -18,10 +18,11 @@ def return_freed_memory() -> bool:
 
     By default glibc raises that threshold as large blocks are freed (up to 32 MB), after which blocks freed by
     the backward pass stay in the heap: measured on Uformer-B at 512×512, peak RSS was then 2.4× the tensors
-    alive at the peak with checkpointing (1.5× without); with the fixed threshold 1.3× (1.05×), for up to 1.6×
-    the time of a step (page faults of fresh mappings). udcbench calls it for CPU runs whose step is estimated
-    above a quarter of the available memory (runner/accelerate.py); a no-op (False) where the C library is not
-    glibc."""
+    alive at the peak with checkpointing (1.5× without); with the fixed threshold 1.3× (1.05×). Fresh mappings
+    cost page faults, which importing udcbench keeps down by asking torch to put buffers of 2 MB and more on
+    transparent huge pages (THP_MEM_ALLOC_ENABLE=1 unless set otherwise; see benchmarks/RESULTS.md). udcbench
+    calls it for CPU runs that checkpoint or whose step is estimated above a quarter of the available memory
+    (runner/accelerate.py); a no-op (False) where the C library is not glibc."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         return bool(libc.mallopt(-3, MMAP_THRESHOLD))  # M_MMAP_THRESHOLD; also stops its dynamic adjustment

@@ -133,13 +133,17 @@ class WindowAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x)
-        attn = (q * self.scale) @ k.transpose(-2, -1)
         table, index = self.relative_position_bias_table, self.relative_position_index.view(-1)
-        if torch.compiler.is_compiling():  # the same bias exactly (one-hot columns pick table entries), which
-            # inductor makes once per call instead of gathering it again for every window (models/compiled.py)
+        if torch.compiler.is_compiling():  # see models/compiled.py: the same values, laid out for the compiled graph
+            # kᵀ and v contiguous: the batched matmuls run ~1.5× faster than on their strided views
+            k, v = k.transpose(-2, -1).contiguous(), v.contiguous()
+            # the bias by one-hot columns (picks table entries exactly): inductor makes it once per call
+            # instead of gathering it again for every window
             bias = table.t() @ (torch.arange(len(table), device=x.device)[:, None] == index).to(table.dtype)
         else:
+            k = k.transpose(-2, -1)
             bias = table[index].t()  # heads, n²
+        attn = (q * self.scale) @ k
         attn = attn + bias.view(-1, n, n).unsqueeze(0)
         if mask is not None:  # (nW, n, n), added per window
             windows = mask.shape[0]

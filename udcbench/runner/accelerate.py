@@ -43,8 +43,8 @@ def choose_memory(model, dataset, device: torch.device, mode: str, batch: int) -
     largest = max(shapes, key=lambda s: s[1] * s[2])
     est = memory.probe(bound, device).estimate(largest, batch, modes=("normal", "low") if chosen == "low"
                                                else ("normal",))
-    if device.type == "cpu" and est.need(chosen) > LARGE * memory.available_bytes(device):
-        memory.return_freed_memory()  # a memory-bound run: keep its peak RSS near the estimate (slower)
+    if device.type == "cpu" and (chosen == "low" or est.need(chosen) > LARGE * memory.available_bytes(device)):
+        memory.return_freed_memory()  # checkpointed or memory-bound: keep the peak RSS near the estimate
     if chosen == "normal":
         return None
     size = f"{largest[1]}×{largest[2]}" + (f" × {batch}" if batch > 1 else "")
@@ -59,7 +59,7 @@ def compile_for_data(model, dataset, device: torch.device, batches: list[int], c
 
     Returns (model to run, notes, warnings, compiled?): one note per shape compiled now (compile seconds and
     the speed ratio), one warning per shape that runs eager (why). A batch smaller than these (the last one of
-    a dataset whose size is not a multiple) and calls under torch.inference_mode run eager."""
+    a dataset whose size is not a multiple, or SimBA's second-sign queries for part of a batch) run eager."""
     if precision != "fp32":
         raise SpecError("--compile is checked against eager in fp32 only; drop --precision bf16 or --compile")
     extras = _first_extras(model, dataset)

@@ -133,50 +133,19 @@ def main() -> None:
     objective = make_objective("mse-clean")
     with torch.no_grad():
         reference = objective.reference(model(degraded), gt, degraded)
-
-    def forward(x):
-        def run():
-            with torch.inference_mode():
-                model(x)
-            sync()
-        return run
-
-    batch_s, single_s = best_time(forward(degraded)), best_time(forward(degraded[:1]))
-    new_model, compiled = model, {}
-    if args.compile:
-        outcome = Compiler().prepare(model, tuple(degraded.shape), device)
-        new_model, compiled = outcome.model, {"compile": outcome.report()}
-        if outcome.compiled:
-            def run_compiled():
-                with torch.inference_mode():
-                    new_model(degraded)
-                sync()
-            compiled["forward_compiled_batch_s"] = round(best_time(run_compiled), 4)
-    per_query = compiled.get("forward_compiled_batch_s", batch_s) / degraded.shape[0]
+    new_model, timings = forward_timings(model, degraded, args.compile, device, sync)
+    per_query = timings.get("forward_compiled_batch_s", timings["forward_batch_s"]) / degraded.shape[0]
     common = {"date": date.today().isoformat(), "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
               "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "device": str(device), "model": args.model, "input": "×".join(map(str, degraded.shape))}
-    print(json.dumps({"what": "forward", **common, "forward_batch_s": round(batch_s, 4),
-                      "forward_single_s": round(single_s, 4), "forward_per_query_s": round(per_query, 4),
-                      **compiled, "load_average": os.getloadavg()[0]}), flush=True)
-
+    print(json.dumps({"what": "forward", **common, **timings, "forward_per_query_s": round(per_query, 4),
+                      "load_average": os.getloadavg()[0]}), flush=True)
+    old_batch = args.old_batch or len(degraded)
     for name, (new, old) in attacks(args).items():
-        results = {}
-        for label, attack in (("old", old), ("new", new)):
-            timed = TimedModel(new_model if label == "new" else model, sync)
-            started, cpu = time.perf_counter(), time.process_time()
-            step = (args.old_batch or len(degraded)) if label == "old" else len(degraded)
-            adversarial, queries = [], []
-            for first in range(0, len(degraded), step):
-                generator = torch.Generator().manual_seed(args.seed)
-                chunk = slice(first, first + step)
-                adversarial.append(attack.perturb(timed, degraded[chunk], objective, reference[chunk], generator))
-                queries.append(attack.last_queries.clone())
-            sync()
-            results[label] = (time.perf_counter() - started, time.process_time() - cpu,
-                              torch.cat(adversarial).cpu(), torch.cat(queries), timed)
-        (old_s, old_cpu, old_adv, old_q, old_timed), (new_s, new_cpu, new_adv, new_q, timed) = results["old"], \
-            results["new"]
+        old_s, old_cpu, old_adv, old_q, old_timed = timed_attack(old, TimedModel(model, sync), degraded, objective,
+                                                                 reference, old_batch, args.seed, sync)
+        new_s, new_cpu, new_adv, new_q, timed = timed_attack(new, TimedModel(new_model, sync), degraded, objective,
+                                                             reference, len(degraded), args.seed, sync)
         queries = int(new_q.sum())
         print(json.dumps({
             "what": name, **common, "params": new.params, "old_s": round(old_s, 2), "new_s": round(new_s, 2),
@@ -184,12 +153,47 @@ def main() -> None:
             "queries": queries, "forward_calls": timed.calls, "forward_s": round(timed.seconds, 2),
             "old_outside_s": round(old_s - old_timed.seconds, 2), "new_outside_s": round(new_s - timed.seconds, 2),
             "floor_s": round(queries * per_query, 2), "floor_ratio": round(queries * per_query / old_s, 3),
-            "floor_single_s": round(queries * single_s, 2),
-            "old_batch": args.old_batch or len(degraded), "compiled": bool(args.compile),
+            "floor_single_s": round(queries * timings["forward_single_s"], 2),
+            "old_batch": old_batch, "compiled": bool(args.compile),
             "identical": (bool(torch.equal(old_adv, new_adv) and torch.equal(old_q, new_q))
-                          if (args.old_batch or len(degraded)) == len(degraded) else None),
+                          if old_batch == len(degraded) else None),
             "load_average": os.getloadavg()[0]}), flush=True)
 
+
+def forward_timings(model, degraded, compile_: bool, device, sync) -> tuple:
+    """(the model the new implementation runs, timings): the eager batched and single-image forward passes in
+    inference mode and, with compile_, the Compiler's report and the compiled batched forward."""
+    def forward(net, x):
+        def run():
+            with torch.inference_mode():
+                net(x)
+            sync()
+        return run
+
+    timings = {"forward_batch_s": round(best_time(forward(model, degraded)), 4),
+               "forward_single_s": round(best_time(forward(model, degraded[:1])), 4)}
+    if not compile_:
+        return model, timings
+    outcome = Compiler().prepare(model, tuple(degraded.shape), device)
+    timings["compile"] = outcome.report()
+    if outcome.compiled:
+        timings["forward_compiled_batch_s"] = round(best_time(forward(outcome.model, degraded)), 4)
+    return outcome.model, timings
+
+
+def timed_attack(attack, timed, degraded, objective, reference, step: int, seed: int, sync) -> tuple:
+    """One attack over the images, `step` images per call, each call seeded alike: (wall s, CPU s, adversarial
+    examples, per-image queries, the TimedModel)."""
+    started, cpu = time.perf_counter(), time.process_time()
+    adversarial, queries = [], []
+    for first in range(0, len(degraded), step):
+        chunk = slice(first, first + step)
+        generator = torch.Generator().manual_seed(seed)
+        adversarial.append(attack.perturb(timed, degraded[chunk], objective, reference[chunk], generator))
+        queries.append(attack.last_queries.clone())
+    sync()
+    return (time.perf_counter() - started, time.process_time() - cpu, torch.cat(adversarial).cpu(),
+            torch.cat(queries), timed)
 
 if __name__ == "__main__":
     main()

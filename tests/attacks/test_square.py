@@ -134,13 +134,18 @@ def test_deterministic_for_a_seed(tiny_model, images, name):
     assert not torch.equal(a, c)
 
 
+def mse_clean(model, degraded, gt):
+    """The mse-clean objective and its reference (the clean output) for `model` on these images."""
+    objective = make_objective("mse-clean")
+    with torch.no_grad():
+        return objective, objective.reference(model(degraded), gt)
+
+
 @pytest.mark.parametrize("name", ["square", "square-l2"])
 def test_query_counts_are_exact(tiny_model, images, name):
     degraded, gt = images
     counting = CountingModel(tiny_model)
-    objective = make_objective("mse-clean")
-    with torch.no_grad():
-        reference = objective.reference(tiny_model(degraded), gt)
+    objective, reference = mse_clean(tiny_model, degraded, gt)
     attack = make_attack(name, queries=37)
     attack.perturb(counting, degraded, objective, reference, torch.Generator().manual_seed(0))
     assert attack.last_queries.dtype == torch.int64
@@ -214,9 +219,7 @@ def small_batch(images, side=8):
 def test_every_query_is_one_forward_pass_of_the_whole_batch(tiny_model, images, name):
     degraded, gt = small_batch(images)
     recording = RecordingModel(tiny_model)
-    objective = make_objective("mse-clean")
-    with torch.no_grad():
-        reference = objective.reference(tiny_model(degraded), gt)
+    objective, reference = mse_clean(tiny_model, degraded, gt)
     attack = make_attack(name, queries=12)
     attack.perturb(recording, degraded, objective, reference, torch.Generator().manual_seed(0))
     assert recording.calls == [(4, False)] + [(4, True)] * 11  # the unperturbed input first, outside inference mode

@@ -1,14 +1,14 @@
 """udcbench: adversarial robustness benchmark for under-display-camera image restoration."""
 
-__version__ = "0.1.0"
+import os
 
-import os  # noqa: E402
+from udcbench.version import __version__
 
 # torch's CPU allocator puts buffers of 2 MB and more on transparent huge pages when this is set before its first
 # allocation: fewer page faults for the large activations of full-resolution attacks (udcbench.models.host_memory)
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from udcbench.api import run  # noqa: E402
+from udcbench.runner.run import run  # noqa: E402
 from udcbench.attacks import make_attack  # noqa: E402
 from udcbench.data import load_dataset  # noqa: E402
 from udcbench.defenses import make_defense  # noqa: E402

@@ -59,7 +59,8 @@ class RunSpec:
     seed: int = 0
     device: str = "cpu"
     threat: str = "gray-box"
-    lpips: str | None = None  # "alex" or "vgg": also score LPIPS (needs local weights)
+    lpips: str | None = None  # "alex" or "vgg": also score LPIPS (needs local weights); = metrics lpips-NET
+    metrics: tuple[str, ...] = ()  # metrics scored besides the default PSNR and SSIM (lpips-alex, pyiqa:NAME, ...)
     eot: int | None = None  # adaptive threat: draws of a randomised defense per objective evaluation (None: 1,
     # or 2 for a randomised defense)
     batch_size: int = 1  # images per attack batch (>1: one seeded draw per batch, so it enters the run hash)
@@ -79,9 +80,12 @@ class RunSpec:
         """Inverse of to_dict (the `runs` table of results.db stores specs this way)."""
         attack = dict(data.get("attack", {}))
         attack["params"] = tuple(tuple(pair) for pair in attack.get("params", ()))
+        top = {k: v for k, v in data.items() if k not in ("model", "attack", "defense", "data")}
+        if "metrics" in top:
+            top["metrics"] = tuple(top["metrics"])
         return RunSpec(model=ModelSpec(**data.get("model", {})), attack=AttackSpec(**attack),
                        defense=DefenseSpec(**data.get("defense", {})), data=DataSpec(**data.get("data", {})),
-                       **{k: v for k, v in data.items() if k not in ("model", "attack", "defense", "data")})
+                       **top)
 
 
 def _setting_text(key: str, value) -> str:

@@ -3,7 +3,7 @@ from report_helpers import grid_rows, write_grid
 from PIL import Image
 from typer.testing import CliRunner
 
-from udcbench import api
+from udcbench.runner import run as runner_run
 from udcbench.cli import app
 from udcbench.report import leaderboard, tables
 
@@ -87,7 +87,7 @@ def fake_replay(calls):
 
 def test_plot_writes_both_figures_from_replayed_runs(grid, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(api, "replay", fake_replay(calls), raising=False)
+    monkeypatch.setattr(runner_run, "replay", fake_replay(calls))
     out = tmp_path / "figures"
     result = invoke("plot", grid, "--out", out)
     assert result.exit_code == 0, result.output

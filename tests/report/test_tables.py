@@ -45,7 +45,7 @@ def test_metric_short_names_raw_columns_and_digits(grid):
     with pytest.raises(UnknownNameError) as error:
         tables.pivot(rows, None, None, "psnr")
     assert "psnr_gt" in str(error.value) and "ssim_adv_gt" in str(error.value)
-    with pytest.raises(SpecError, match="--lpips"):
+    with pytest.raises(SpecError, match="rerun with --metrics lpips-alex"):
         tables.pivot(rows, None, None, "lpips_clean_gt")  # a metric column no row has
 
 

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from udcbench.attacks.base import Attack
+from udcbench.attacks.base import Attack, AttackKind
 from udcbench.errors import SpecError
 
 
@@ -51,7 +51,7 @@ class EOT(Attack):
     def __init__(self, attack: Attack, k: int = 4):
         if int(k) < 1:
             raise SpecError(f"eot: k (draws per evaluation) must be ≥ 1, got {k}")
-        if not attack.kind.startswith("white-box"):
+        if not AttackKind(attack.kind).white_box:
             raise SpecError(f"eot wraps white-box attacks; {attack.name} is {attack.kind}")
         self.inner = copy.copy(attack)
         self.inner.value = self._expected_value

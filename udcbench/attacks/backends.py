@@ -43,11 +43,9 @@ import warnings
 import torch
 from torch import nn
 
-from udcbench.attacks.base import Attack
+from udcbench.attacks.base import Attack, AttackKind, register_attack_class
 from udcbench.errors import MissingExtraError, SpecError
-from udcbench.registry import register_attack
 
-DEFAULTS = {"eps": 8 / 255, "alpha": None, "steps": 20, "random_start": True}
 INSTALL_HINT = "install it with pip install 'udcbench[xcheck]'"
 
 
@@ -211,7 +209,7 @@ class _Callable(nn.Module):
 
 class _LibraryPGD(Attack):
     norm = "linf"
-    kind = "white-box (cross-check)"
+    kind = AttackKind.CROSS_CHECK
     library = ""
 
     def __init__(self, eps: float = 8 / 255, alpha: float | None = None, steps: int = 20,
@@ -278,5 +276,5 @@ for _cls, _paper in ((AdvertorchPGD, "Madry et al., ICLR 2018, via advertorch 0.
                                      "2019); returns the last iterate"),
                      (FoolboxPGD, "Madry et al., ICLR 2018, via foolbox 3.3.4 LinfPGD (Rauber et al., JOSS 2020); "
                                   "returns the last iterate")):
-    register_attack(_cls.name, defaults=DEFAULTS, norm="linf", kind="white-box (cross-check)", paper=_paper)(_cls)
+    register_attack_class(_cls, paper=_paper)
 del _cls, _paper

@@ -1,6 +1,11 @@
 """The attack protocol: an attack takes a model, inputs, an objective and its reference, and returns
 perturbed inputs inside its budget and [0, 1]. Parameters are validated against the registered defaults.
 
+An attack class states its parameters and their defaults once, in its `__init__` signature:
+`register_attack_class(cls, paper=...)` registers it under `cls.name` with `defaults=attack_defaults(cls)` and
+the class's `norm` and `kind` (an `AttackKind`). The validators shared by several attacks (`check_linf_eps`,
+`check_steps`, `check_alpha`) live here too.
+
 Every attack evaluates the objective through `self.value(model, x, objective, reference)`, so the adaptive
 wrappers (EOT, in `adaptive.py`) can change how a value is estimated without touching the attack's loop.
 Black-box attacks count their model queries per image in `self.last_queries` (a (B,) int64 tensor); white-box
@@ -10,12 +15,39 @@ that restricts δ to a region, for any attack.
 
 from __future__ import annotations
 
+import inspect
+from enum import Enum
 from fractions import Fraction
+from typing import Any
 
 import torch
 
 from udcbench.errors import SpecError
 from udcbench.registry import ATTACKS
+
+
+class AttackKind(str, Enum):
+    """What an attack may use of the model. A str: equal to, hashed, formatted and JSON-written as its value
+    ('white-box', ...), so code that compares or prints the plain strings keeps working."""
+
+    WHITE_BOX = "white-box"  # gradients of the model
+    BLACK_BOX = "black-box"  # model outputs (queries) only
+    TRANSFER = "black-box (transfer)"  # never queries the target: crafted on a surrogate
+    CROSS_CHECK = "white-box (cross-check)"  # a reference library's white-box attack, to check the native one
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+    __hash__ = str.__hash__
+
+    @property
+    def white_box(self) -> bool:
+        """Whether the attack differentiates through the model (so EOT and BPDA apply)."""
+        return self in (AttackKind.WHITE_BOX, AttackKind.CROSS_CHECK)
+
+    @property
+    def black_box(self) -> bool:
+        """Whether the attack uses no gradients of the target (score-based or transfer)."""
+        return self in (AttackKind.BLACK_BOX, AttackKind.TRANSFER)
 
 
 def parse_eps(text: str | float, norm: str = "linf") -> float:
@@ -36,6 +68,37 @@ def parse_eps(text: str | float, norm: str = "linf") -> float:
     if not 0.0 < value <= 1.0:
         raise SpecError(f"eps must lie in (0, 1] (images are in [0, 1]), got {value:g}; e.g. --eps 8/255")
     return value
+
+
+def format_eps(eps: float | None, norm: str | None = "linf") -> str:
+    """8/255 for L∞ budgets on the 1/255 grid, 'L2 1' for L2 budgets, '-' for attacks without one (C&W)."""
+    if eps is None or (isinstance(eps, float) and eps != eps):
+        return "-"
+    if norm == "l2":
+        return f"L2 {eps:.4g}"
+    k = eps * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
+
+
+def check_linf_eps(name: str, eps: float) -> float:
+    """An L∞ budget of attack `name`, in (0, 1], as a float (SpecError otherwise)."""
+    if not 0 < eps <= 1:
+        raise SpecError(f"{name}: eps must lie in (0, 1] (images are in [0, 1]), got {eps:g}; e.g. eps=8/255")
+    return float(eps)
+
+
+def check_steps(name: str, steps: int) -> int:
+    """A step count of attack `name`, a whole number ≥ 0, as an int (SpecError otherwise)."""
+    if int(steps) != steps or int(steps) < 0:
+        raise SpecError(f"{name}: steps must be a whole number ≥ 0, got {steps}")
+    return int(steps)
+
+
+def check_alpha(name: str, alpha: float) -> float:
+    """A step size of attack `name`, positive, as a float (SpecError otherwise)."""
+    if not alpha > 0:
+        raise SpecError(f"{name}: alpha (the step size) must be positive, got {alpha:g}")
+    return float(alpha)
 
 
 def project_linf(adversarial: torch.Tensor, degraded: torch.Tensor, eps: float) -> torch.Tensor:
@@ -81,7 +144,7 @@ class Attack:
 
     name = "attack"
     norm = "linf"
-    kind = "white-box"
+    kind = AttackKind.WHITE_BOX
 
     def __init__(self, **params):
         self.params = params
@@ -163,8 +226,6 @@ class Attack:
 
     def describe(self) -> str:
         """`pgd(eps=8/255, alpha=2/255, steps=20, ...)`: budgets shown as k/255 where they are."""
-        from udcbench.report.leaderboard import format_eps
-
         inner = ", ".join(f"{k}={format_eps(v, self.norm)}" if k in ("eps", "alpha") and isinstance(v, float)
                           else f"{k}={v}" for k, v in self.params.items())
         return f"{self.name}({inner})"
@@ -172,6 +233,47 @@ class Attack:
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.params.items())
         return f"{self.name}({inner})"
+
+
+def _stated_defaults(cls: type) -> dict[str, Any]:
+    """The parameters `cls.__init__` names, with their defaults (inspect.Parameter.empty where it states none);
+    a `**base` catch-all adds the parent __init__'s (first, in the parent's order; a default stated here wins)."""
+    owner = next(k for k in cls.__mro__ if "__init__" in vars(k))
+    if owner is Attack:  # Attack's **params are the stored params, not parameters
+        return {}
+    stated, forwards = {}, False
+    for parameter in list(inspect.signature(owner.__init__).parameters.values())[1:]:  # without self
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            raise TypeError(f"{cls.__name__}.__init__ takes *{parameter.name}; attack parameters are named")
+        if parameter.kind is parameter.VAR_KEYWORD:
+            forwards = True
+        else:
+            stated[parameter.name] = parameter.default
+    if not forwards:
+        return stated
+    parent = owner.__mro__[1]
+    return {**_stated_defaults(parent), **stated}
+
+
+def attack_defaults(cls: type) -> dict[str, Any]:
+    """{parameter: default} of attack class `cls`, in signature order, read from its `__init__` — the one place
+    an attack states them (registered as the entry's "defaults"; `make_attack` accepts exactly these keys).
+    A subclass that extends its parent's parameters takes `**base` and forwards it: the parent's parameters
+    come first, then its own; a default it restates for a parent parameter replaces the parent's in place."""
+    defaults = _stated_defaults(cls)
+    missing = [name for name, default in defaults.items() if default is inspect.Parameter.empty]
+    if missing:
+        raise TypeError(f"{cls.__name__}: parameter(s) {', '.join(missing)} have no default; an attack states a "
+                        "default for every parameter")
+    return defaults
+
+
+def register_attack_class(cls: type, *, norm: str | None = None, **info: Any) -> type:
+    """Register attack class `cls` as `cls.name`, with defaults=attack_defaults(cls), the class's `norm` (unless
+    given: a wrapper that budgets in its base attack's norm passes norm="base's") and its `kind`; `info`
+    (paper=...) is stored as well. Returns `cls`."""
+    return ATTACKS.register(cls.name, defaults=attack_defaults(cls), norm=cls.norm if norm is None else norm,
+                            kind=AttackKind(cls.kind), **info)(cls)
 
 
 def make_attack(name: str, **params) -> Attack:

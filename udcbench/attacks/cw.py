@@ -78,12 +78,10 @@ from dataclasses import dataclass
 
 import torch
 
-from udcbench.attacks.base import Attack, BestTracker
+from udcbench.attacks.base import Attack, AttackKind, BestTracker, attack_defaults, register_attack_class
 from udcbench.errors import SpecError
-from udcbench.registry import register_attack
+from udcbench.metrics.fidelity import per_image_mse
 
-DEFAULTS = {"target_psnr": 20.0, "confidence": 0.0, "c_init": 1.0, "steps": 100, "search_steps": 9, "lr": 0.01,
-            "abort_early": True, "const": None}
 NO_UPPER_BOUND = 1e10
 
 
@@ -94,7 +92,7 @@ class SquaredDeviation:
     targeted: bool = False
 
     def __call__(self, output: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        mse = (output - reference).pow(2).flatten(1).mean(dim=1)
+        mse = per_image_mse(output, reference)
         return -mse if self.targeted else mse
 
 
@@ -109,7 +107,8 @@ def check_const(const, **search) -> float:
     if isinstance(const, bool) or not isinstance(const, numbers.Real) or not math.isfinite(const) or const <= 0:
         raise SpecError(f"cw: const (the fixed trade-off constant c) must be a positive finite number, got "
                         f"{const!r}; e.g. const=1.0, or leave it unset for the minimum-norm search")
-    ignored = [f"{key}={value}" for key, value in search.items() if value != DEFAULTS[key]]
+    defaults = attack_defaults(CarliniWagnerL2)
+    ignored = [f"{key}={value}" for key, value in search.items() if value != defaults[key]]
     if ignored:
         raise SpecError(f"cw: const={const:g} fixes c (no binary search, no deviation target), so "
                         f"{', '.join(ignored)} would be ignored; drop {'them' if len(ignored) > 1 else 'it'}, or "
@@ -120,7 +119,7 @@ def check_const(const, **search) -> float:
 class CarliniWagnerL2(Attack):
     name = "cw"
     norm = "l2"
-    kind = "white-box"
+    kind = AttackKind.WHITE_BOX
 
     def __init__(self, target_psnr: float = 20.0, confidence: float = 0.0, c_init: float = 1.0, steps: int = 100,
                  search_steps: int = 9, lr: float = 0.01, abort_early: bool = True, const: float | None = None):
@@ -240,5 +239,5 @@ class CarliniWagnerL2(Attack):
         return torch.where(found[:, None, None, None], best, fallback.adversarial).detach()
 
 
-register_attack("cw", defaults=DEFAULTS, norm="l2", kind="white-box",
-                paper="Carlini & Wagner, IEEE S&P 2017 (L2; deviation target instead of a label)")(CarliniWagnerL2)
+register_attack_class(CarliniWagnerL2,
+                      paper="Carlini & Wagner, IEEE S&P 2017 (L2; deviation target instead of a label)")

@@ -21,36 +21,14 @@ from __future__ import annotations
 
 import torch
 
-from udcbench.attacks.base import Attack, BestTracker, project_linf
-from udcbench.errors import SpecError
-from udcbench.registry import register_attack
-
-FGSM_DEFAULTS = {"eps": 8 / 255}
-IFGSM_DEFAULTS = {"eps": 8 / 255, "alpha": None, "steps": 20}
-
-
-def check_linf_eps(name: str, eps: float) -> float:
-    if not 0 < eps <= 1:
-        raise SpecError(f"{name}: eps must lie in (0, 1] (images are in [0, 1]), got {eps:g}; e.g. eps=8/255")
-    return float(eps)
-
-
-def check_steps(name: str, steps: int) -> int:
-    if int(steps) != steps or int(steps) < 0:
-        raise SpecError(f"{name}: steps must be a whole number ≥ 0, got {steps}")
-    return int(steps)
-
-
-def check_alpha(name: str, alpha: float) -> float:
-    if not alpha > 0:
-        raise SpecError(f"{name}: alpha (the step size) must be positive, got {alpha:g}")
-    return float(alpha)
+from udcbench.attacks.base import (Attack, AttackKind, BestTracker, check_alpha, check_linf_eps, check_steps,
+                                   project_linf, register_attack_class)
 
 
 class FGSM(Attack):
     name = "fgsm"
     norm = "linf"
-    kind = "white-box"
+    kind = AttackKind.WHITE_BOX
 
     def __init__(self, eps: float = 8 / 255):
         super().__init__(eps=check_linf_eps("fgsm", eps))
@@ -70,7 +48,7 @@ class FGSM(Attack):
 class IFGSM(Attack):
     name = "ifgsm"
     norm = "linf"
-    kind = "white-box"
+    kind = AttackKind.WHITE_BOX
 
     def __init__(self, eps: float = 8 / 255, alpha: float | None = None, steps: int = 20):
         eps = check_linf_eps("ifgsm", eps)
@@ -85,7 +63,5 @@ class IFGSM(Attack):
         return best.adversarial
 
 
-register_attack("fgsm", defaults=FGSM_DEFAULTS, norm="linf", kind="white-box",
-                paper="Goodfellow et al., ICLR 2015")(FGSM)
-register_attack("ifgsm", defaults=IFGSM_DEFAULTS, norm="linf", kind="white-box",
-                paper="Kurakin et al., ICLR workshop 2017 (BIM)")(IFGSM)
+register_attack_class(FGSM, paper="Goodfellow et al., ICLR 2015")
+register_attack_class(IFGSM, paper="Kurakin et al., ICLR workshop 2017 (BIM)")

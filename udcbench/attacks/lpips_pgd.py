@@ -15,24 +15,22 @@ Shapes: degraded (B, 3, H, W) in [0, 1] -> (B, 3, H, W).
 
 from __future__ import annotations
 
+from udcbench.attacks.base import register_attack_class
 from udcbench.attacks.pgd import PGD
 from udcbench.errors import SpecError
-from udcbench.registry import register_attack
-
-DEFAULTS = {"eps": 8 / 255, "alpha": None, "steps": 20, "random_start": True, "restarts": 1, "net": "alex"}
 
 
 class LPIPSPGD(PGD):
     name = "lpips-pgd"
 
-    def __init__(self, eps: float = 8 / 255, alpha: float | None = None, steps: int = 20,
-                 random_start: bool = True, restarts: int = 1, net: str = "alex"):
+    def __init__(self, *, net: str = "alex", **base):
+        """pgd's parameters (`base`: eps, alpha, steps, random_start, restarts), then net."""
         from udcbench.metrics.lpips import find_weights
 
         if net not in ("alex", "vgg"):
             raise SpecError(f"lpips-pgd: net must be alex or vgg, got {net!r}")
         find_weights(net)  # a clear error now if the weights are not on this machine
-        super().__init__(eps=eps, alpha=alpha, steps=steps, random_start=random_start, restarts=restarts)
+        super().__init__(**base)
         self.params["net"] = net
 
     def value(self, model, adversarial, objective, reference):
@@ -41,5 +39,5 @@ class LPIPSPGD(PGD):
         return load_lpips(self.params["net"], device=adversarial.device)(model(adversarial), reference)
 
 
-register_attack("lpips-pgd", defaults=DEFAULTS, norm="linf", kind="white-box",
-                paper="LPIPS-guided attack of Song et al., arXiv 2402.13629 (2024); Yu et al., CVPR 2022")(LPIPSPGD)
+register_attack_class(LPIPSPGD,
+                      paper="LPIPS-guided attack of Song et al., arXiv 2402.13629 (2024); Yu et al., CVPR 2022")

@@ -30,14 +30,10 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from udcbench.attacks.base import Attack, BestTracker, cpu_rand, project_linf
-from udcbench.attacks.fgsm import check_alpha, check_linf_eps, check_steps
+from udcbench.attacks.base import (Attack, AttackKind, BestTracker, check_alpha, check_linf_eps, check_steps,
+                                   cpu_rand, project_linf, register_attack_class)
 from udcbench.errors import SpecError
-from udcbench.registry import register_attack
 
-MIFGSM_DEFAULTS = {"eps": 8 / 255, "alpha": None, "steps": 20, "decay": 1.0}
-DIFGSM_DEFAULTS = {"eps": 8 / 255, "alpha": None, "steps": 20, "decay": 1.0, "probability": 0.5,
-                   "resize_rate": 1.1}
 RESIZE_MODE = "nearest-exact"  # pixel-centre nearest neighbour: up then down by the same sizes is the identity
 
 
@@ -115,7 +111,7 @@ class DiverseModel:
 class MIFGSM(Attack):
     name = "mifgsm"
     norm = "linf"
-    kind = "white-box"
+    kind = AttackKind.WHITE_BOX
 
     def __init__(self, eps: float = 8 / 255, alpha: float | None = None, steps: int = 20, decay: float = 1.0):
         eps, steps = check_linf_eps(self.name, eps), check_steps(self.name, steps)
@@ -164,22 +160,20 @@ class MIFGSM(Attack):
 class DIFGSM(MIFGSM):
     name = "difgsm"
 
-    def __init__(self, eps: float = 8 / 255, alpha: float | None = None, steps: int = 20, decay: float = 1.0,
-                 probability: float = 0.5, resize_rate: float = 1.1):
+    def __init__(self, *, probability: float = 0.5, resize_rate: float = 1.1, **base):
+        """mifgsm's parameters (`base`: eps, alpha, steps, decay), then probability and resize_rate."""
         if not 0 <= probability <= 1:
             raise SpecError(f"difgsm: probability (of transforming the input) must lie in [0, 1], got "
                             f"{probability:g}")
         if not resize_rate >= 1:
             raise SpecError(f"difgsm: resize_rate must be ≥ 1 (the input is enlarged up to this factor), got "
                             f"{resize_rate:g}; e.g. 1.1")
-        super().__init__(eps=eps, alpha=alpha, steps=steps, decay=decay)
+        super().__init__(**base)
         self.params.update(probability=float(probability), resize_rate=float(resize_rate))
 
     def gradient_model(self, model, generator):
         return DiverseModel(model, generator, self.params["probability"], self.params["resize_rate"])
 
 
-register_attack("mifgsm", defaults=MIFGSM_DEFAULTS, norm="linf", kind="white-box",
-                paper="Dong et al., CVPR 2018")(MIFGSM)
-register_attack("difgsm", defaults=DIFGSM_DEFAULTS, norm="linf", kind="white-box",
-                paper="Xie et al., CVPR 2019 (with momentum: M-DI²-FGSM)")(DIFGSM)
+register_attack_class(MIFGSM, paper="Dong et al., CVPR 2018")
+register_attack_class(DIFGSM, paper="Xie et al., CVPR 2019 (with momentum: M-DI²-FGSM)")

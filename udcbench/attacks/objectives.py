@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from udcbench.errors import DataError, SpecError
+from udcbench.metrics.fidelity import per_image_mse
 
 
 def quantise(image: torch.Tensor) -> torch.Tensor:
@@ -65,7 +66,7 @@ class MSEToClean(Objective):
         return quantise(clean_output) if self.quantise else clean_output.detach()
 
     def __call__(self, output, reference):
-        return (output - reference).pow(2).flatten(1).mean(dim=1)
+        return per_image_mse(output, reference)
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class MSEToGroundTruth(Objective):
         return gt
 
     def __call__(self, output, reference):
-        return (output - reference).pow(2).flatten(1).mean(dim=1)
+        return per_image_mse(output, reference)
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ class TowardTarget(Objective):
         return image.clamp(0.0, 1.0).expand(clean_output.shape[0], -1, -1, -1)
 
     def __call__(self, output, reference):
-        return -(output - reference).pow(2).flatten(1).mean(dim=1)
+        return -per_image_mse(output, reference)
 
     def check(self) -> None:
         if self.target != "input":

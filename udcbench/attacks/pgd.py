@@ -19,17 +19,14 @@ from __future__ import annotations
 
 import torch
 
-from udcbench.attacks.base import Attack, BestTracker, cpu_rand, project_linf
+from udcbench.attacks.base import Attack, AttackKind, BestTracker, cpu_rand, project_linf, register_attack_class
 from udcbench.errors import SpecError
-from udcbench.registry import register_attack
-
-DEFAULTS = {"eps": 8 / 255, "alpha": None, "steps": 20, "random_start": True, "restarts": 1}
 
 
 class PGD(Attack):
     name = "pgd"
     norm = "linf"
-    kind = "white-box"
+    kind = AttackKind.WHITE_BOX
 
     def __init__(self, eps: float = 8 / 255, alpha: float | None = None, steps: int = 20,
                  random_start: bool = True, restarts: int = 1):
@@ -81,5 +78,4 @@ class PGD(Attack):
         return best.adversarial
 
 
-register_attack("pgd", defaults=DEFAULTS, norm="linf", kind="white-box",
-                paper="Madry et al., ICLR 2018; restoration protocol of Yu et al., CVPR 2022")(PGD)
+register_attack_class(PGD, paper="Madry et al., ICLR 2018; restoration protocol of Yu et al., CVPR 2022")

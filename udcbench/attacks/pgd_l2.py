@@ -22,12 +22,9 @@ import math
 
 import torch
 
-from udcbench.attacks.base import Attack, BestTracker, cpu_rand, l2_normalise, project_l2
-from udcbench.attacks.fgsm import check_alpha, check_steps
+from udcbench.attacks.base import (Attack, AttackKind, BestTracker, check_alpha, check_steps, cpu_rand, l2_normalise,
+                                   project_l2, register_attack_class)
 from udcbench.errors import SpecError
-from udcbench.registry import register_attack
-
-DEFAULTS = {"eps": 1.0, "alpha": None, "steps": 20, "random_start": True, "restarts": 1}
 
 
 def uniform_l2_ball(degraded: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
@@ -43,7 +40,7 @@ def uniform_l2_ball(degraded: torch.Tensor, eps: float, generator: torch.Generat
 class PGDL2(Attack):
     name = "pgd-l2"
     norm = "l2"
-    kind = "white-box"
+    kind = AttackKind.WHITE_BOX
 
     def __init__(self, eps: float = 1.0, alpha: float | None = None, steps: int = 20, random_start: bool = True,
                  restarts: int = 1):
@@ -71,5 +68,4 @@ class PGDL2(Attack):
         return best.adversarial
 
 
-register_attack("pgd-l2", defaults=DEFAULTS, norm="l2", kind="white-box",
-                paper="Madry et al., ICLR 2018 (L2 variant)")(PGDL2)
+register_attack_class(PGDL2, paper="Madry et al., ICLR 2018 (L2 variant)")

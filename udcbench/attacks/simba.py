@@ -57,12 +57,9 @@ import math
 
 import torch
 
-from udcbench.attacks.base import Attack
+from udcbench.attacks.base import Attack, AttackKind, attack_defaults, register_attack_class
 from udcbench.errors import SpecError
-from udcbench.registry import register_attack
 
-DEFAULTS = {"eps": 4 / 255, "iterations": 1000, "basis": "pixel", "freq_dims": None, "stride": 1,
-            "order": "random"}
 BASES = ("pixel", "dct")
 ORDERS = ("random", "fixed")
 
@@ -90,7 +87,7 @@ def shell_index(height: int, width: int, block: tuple[int, int], stride: int) ->
 class SimBA(Attack):
     name = "simba"
     norm = "linf"
-    kind = "black-box"
+    kind = AttackKind.BLACK_BOX
 
     def __init__(self, eps: float = 4 / 255, iterations: int = 1000, basis: str = "pixel",
                  freq_dims: int | None = None, stride: int = 1, order: str = "random"):
@@ -113,7 +110,7 @@ class SimBA(Attack):
         if int(stride) != stride or int(stride) < 1:
             raise SpecError(f"simba: stride (the width of the DCT shells after the initial block) must be a whole "
                             f"number ≥ 1, got {stride}; e.g. stride=1")
-        if basis != "dct" and stride != DEFAULTS["stride"]:
+        if basis != "dct" and stride != attack_defaults(SimBA)["stride"]:
             raise SpecError("simba: stride only applies to basis='dct'; leave it unset for the pixel basis")
         # the pixel basis does not store stride, so its parameters (and run hashes) stay as they were
         extra = {"stride": int(stride)} if basis == "dct" else {}
@@ -244,5 +241,4 @@ class SimBA(Attack):
                 break
 
 
-register_attack("simba", defaults=DEFAULTS, norm="linf", kind="black-box",
-                paper="Guo et al., ICML 2019")(SimBA)
+register_attack_class(SimBA, paper="Guo et al., ICML 2019")

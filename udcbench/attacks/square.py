@@ -46,12 +46,9 @@ from functools import lru_cache
 
 import torch
 
-from udcbench.attacks.base import Attack, BestTracker
+from udcbench.attacks.base import Attack, AttackKind, BestTracker, register_attack_class
 from udcbench.errors import SpecError
-from udcbench.registry import register_attack
 
-DEFAULTS = {"eps": 8 / 255, "queries": 1000, "p_init": 0.05}
-DEFAULTS_L2 = {"eps": 1.0, "queries": 1000, "p_init": 0.1}
 BREAKPOINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 SIGN_REDRAWS = 8
 
@@ -91,9 +88,10 @@ def _windows(side: int, shape, generator, device) -> tuple[torch.Tensor, torch.T
 
 
 class _SquareBase(Attack):
-    kind = "black-box"
+    kind = AttackKind.BLACK_BOX
 
-    def __init__(self, eps: float, queries: int, p_init: float):
+    def __init__(self, *, eps: float, queries: int = 1000, p_init: float):
+        """eps and p_init have each variant's defaults (stated in its __init__); the query budget is shared."""
         if self.norm == "linf" and not 0 < eps <= 1:
             raise SpecError(f"{self.name}: eps must lie in (0, 1] (images are in [0, 1]), got {eps:g}; e.g. 8/255")
         if self.norm == "l2" and not eps > 0:
@@ -136,8 +134,8 @@ class SquareLinf(_SquareBase):
     name = "square"
     norm = "linf"
 
-    def __init__(self, eps: float = 8 / 255, queries: int = 1000, p_init: float = 0.05):
-        super().__init__(eps, queries, p_init)
+    def __init__(self, *, eps: float = 8 / 255, p_init: float = 0.05, **base):
+        super().__init__(eps=eps, p_init=p_init, **base)
 
     def initialise(self, degraded, generator):
         batch, channels, _, width = degraded.shape
@@ -203,8 +201,8 @@ class SquareL2(_SquareBase):
     name = "square-l2"
     norm = "l2"
 
-    def __init__(self, eps: float = 1.0, queries: int = 1000, p_init: float = 0.1):
-        super().__init__(eps, queries, p_init)
+    def __init__(self, *, eps: float = 1.0, p_init: float = 0.1, **base):
+        super().__init__(eps=eps, p_init=p_init, **base)
 
     def initialise(self, degraded, generator):
         batch, channels, height, width = degraded.shape
@@ -245,7 +243,5 @@ class SquareL2(_SquareBase):
         return (degraded + _l2_rescale(delta, eps)).clamp(0.0, 1.0)
 
 
-register_attack("square", defaults=DEFAULTS, norm="linf", kind="black-box",
-                paper="Andriushchenko et al., ECCV 2020")(SquareLinf)
-register_attack("square-l2", defaults=DEFAULTS_L2, norm="l2", kind="black-box",
-                paper="Andriushchenko et al., ECCV 2020")(SquareL2)
+register_attack_class(SquareLinf, paper="Andriushchenko et al., ECCV 2020")
+register_attack_class(SquareL2, paper="Andriushchenko et al., ECCV 2020")

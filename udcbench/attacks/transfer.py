@@ -17,24 +17,21 @@ from __future__ import annotations
 
 import torch
 
-from udcbench.attacks.base import Attack, make_attack
+from udcbench.attacks.base import Attack, AttackKind, make_attack, register_attack_class
 from udcbench.errors import SpecError
-from udcbench.registry import ATTACKS, register_attack
-
-DEFAULTS = {"surrogate": "nafnet-nano", "surrogate_weights": None, "base": "pgd", "eps": 8 / 255, "alpha": None,
-            "steps": 20}
+from udcbench.registry import ATTACKS
 
 
 class Transfer(Attack):
     name = "transfer"
-    kind = "black-box (transfer)"
+    kind = AttackKind.TRANSFER
 
     def __init__(self, surrogate: str = "nafnet-nano", surrogate_weights: str | None = None, base: str = "pgd",
                  eps: float = 8 / 255, alpha: float | None = None, steps: int = 20):
         from udcbench.models import load_model
 
         entry = ATTACKS.get(base)
-        if entry.info.get("kind") != "white-box" or base == "transfer":
+        if entry.info.get("kind") != AttackKind.WHITE_BOX or base == "transfer":
             raise SpecError(f"transfer: base attack must be a white-box attack, {base!r} is "
                             f"{entry.info.get('kind', 'not one')}; e.g. base=pgd, mifgsm or difgsm")
         accepted = entry.info.get("defaults", {})
@@ -72,5 +69,5 @@ class Transfer(Attack):
         return adversarial
 
 
-register_attack("transfer", defaults=DEFAULTS, norm="base's", kind="black-box (transfer)",
-                paper="Papernot et al., arXiv 1605.07277 (2016); surrogate crafted with any white-box attack")(Transfer)
+register_attack_class(Transfer, norm="base's",  # its eps is in the base attack's norm
+                      paper="Papernot et al., arXiv 1605.07277 (2016); surrogate crafted with any white-box attack")

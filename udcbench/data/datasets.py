@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from udcbench.data.mini import BUNDLED_DIR
-from udcbench.data.readers import (HDR_RANGE, IMAGE_SUFFIXES, TONE_MAP, ImageHeader, inspect_image, read_code,
-                                   read_image, read_png, read_psf)
+from udcbench.data.readers import (HDR_RANGE, IMAGE_SUFFIXES, ImageHeader, inspect_image, read_code, read_image,
+                                   read_png, read_psf)
+from udcbench.data.tonemap import TONE_MAP
 from udcbench.errors import DataError, UnknownNameError
 from udcbench.registry import DATASETS, register_dataset
 

@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from udcbench.data import synth
+import udcbench.data.synth as synth
 from udcbench.data.mini import PHOTOS, load_photo, to_uint8
+from udcbench.data.tonemap import TONE_MAP
 from udcbench.errors import DataError, SpecError
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
@@ -261,7 +262,7 @@ def make_dataset(src: str | Path, out: str | Path, config: SynthConfig = SynthCo
         meta = {"name": out.name, "made_by": "udcbench synth", "layout": config.layout, "family": family,
                 "config": dataclasses.asdict(config), "source": str(src),
                 "value_range": [0.0, config.clip_max] if config.hdr else [0.0, 1.0],
-                "tone_mapping": "x/(x+0.25)" if config.hdr else None,
+                "tone_mapping": TONE_MAP if config.hdr else None,
                 "file_kind": "npy float32 linear HDR" if config.hdr else "png 8-bit sRGB",
                 "psf_file": "psf.npy: (k, k, 3) PSF × per-channel transmittance (the blur the inputs went through)",
                 "psf_code": [round(float(c), 6) for c in code],

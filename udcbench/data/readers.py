@@ -22,9 +22,9 @@ import torch
 from numpy.lib import format as npy_format
 from PIL import Image, UnidentifiedImageError
 
+from udcbench.data.tonemap import tone_map
 from udcbench.errors import DataError
 
-TONE_MAP = "x/(x+0.25)"
 HDR_RANGE = (0.0, 500.0)
 IMAGE_SUFFIXES = (".png", ".npy")
 EIGHT_BIT_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")
@@ -48,12 +48,6 @@ class ImageHeader:
     @property
     def size(self) -> tuple[int, int]:
         return self.height, self.width
-
-
-def tone_map(array: np.ndarray) -> np.ndarray:
-    """u = x/(x+0.25) of linear HDR values, negatives clipped to 0 first."""
-    x = np.clip(array.astype(np.float64), 0.0, None)
-    return x / (x + 0.25)
 
 
 def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -125,7 +119,7 @@ def to_tensor(array: np.ndarray, source: str, hdr: bool) -> torch.Tensor:
         if not np.isfinite(array).all():
             raise DataError(f"{source} contains NaN or infinite values; fix or replace the file")
         if hdr:
-            image = tone_map(array)
+            image = tone_map(np.clip(array.astype(np.float64), 0.0, None))  # negatives clipped to 0 first
         else:
             low, high = float(array.min()), float(array.max())
             if low < -SDR_TOLERANCE or high > 1.0 + SDR_TOLERANCE:

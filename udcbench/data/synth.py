@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from udcbench.data.displays import DISPLAYS, Display, display_pattern, load_display
+from udcbench.data.tonemap import inverse_tone_map, tone_map
 from udcbench.errors import SpecError
 
 __all__ = ["DISPLAYS", "Display", "Optics", "capture", "convolve", "display_pattern", "load_display", "metadata",
@@ -207,19 +208,13 @@ def poisson_gaussian(signal: np.ndarray, level: float, rng: np.random.Generator,
     return np.minimum(electrons, full_well) / level
 
 
-def tone_map(x):
-    """The evaluation tone map of HDR data (PROTOCOL.md §5-6): x / (x + 0.25). Works on arrays and tensors."""
-    return x / (x + 0.25)
-
-
 def sdr_to_linear(u: np.ndarray) -> np.ndarray:
     """An 8-bit-derived [0, 1] photo as HDR radiance, by inverting the tone map: x = 0.25·u / (1 − u).
 
     u is capped at 254.5/255 (the last code's rounding interval), so highlights reach 0.25·254.5/0.5 ≈ 127:
     the default clip at 500 in `capture(..., hdr=True)` never binds for 8-bit sources.
     """
-    u = np.clip(np.asarray(u, dtype=np.float64), 0.0, SDR_CAP)
-    return 0.25 * u / (1.0 - u)
+    return inverse_tone_map(np.asarray(u, dtype=np.float64), cap=SDR_CAP)
 
 
 def capture(image: np.ndarray, display: Display, psf: np.ndarray, rng: np.random.Generator,

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from udcbench.defenses.base import DefenseComponent
+from udcbench.defenses.base import DefenseComponent, Setting
 from udcbench.errors import SpecError
 from udcbench.registry import register_defense
 
@@ -171,13 +171,19 @@ def finetune(config: FinetuneConfig, out: str | Path, command: str = "",
 
 
 class FineTuned(DefenseComponent):
-    """`ft` / `ft:FILE`: the restoration model with fine-tuned weights (bundled `<model>-ft.safetensors`)."""
+    """`ft` / `ft:FILE` (or ft:weights=FILE): the restoration model with fine-tuned weights (bundled
+    `<model>-ft.safetensors`, or FILE). Its input transform is the identity; the swapped model is a restoration
+    model, counted as such (no `networks`)."""
 
     name = "ft"
+    settings = {"weights": Setting(None, str, "a weights file", example="weights=FILE.safetensors")}
+    shorthand = "weights"
+    verbatim = True  # ft:FILE takes the whole argument, whatever ',' or '=' the path holds
 
     def __init__(self, argument: str | None = None):
         super().__init__(argument)
-        if argument is not None and not Path(argument).expanduser().is_file():
+        self.file: str | None = self.configure(argument)["weights"]  # None: the model's bundled -ft weights
+        if self.file is not None and not Path(self.file).expanduser().is_file():
             raise SpecError(f"ft:{argument}: no such weights file; pass ft (bundled weights) or ft:FILE.safetensors "
                             "(made by `udcbench finetune`)")
         self._cache: dict[str, nn.Module] = {}
@@ -185,8 +191,8 @@ class FineTuned(DefenseComponent):
     def weights_for(self, model_name: str) -> Path:
         from udcbench.models import WEIGHTS_DIR
 
-        if self.argument is not None:
-            return Path(self.argument).expanduser()
+        if self.file is not None:
+            return Path(self.file).expanduser()
         path = WEIGHTS_DIR / f"{model_name}-ft.safetensors"
         if not path.is_file():
             bundled = sorted(p.name[:-len("-ft.safetensors")] for p in WEIGHTS_DIR.glob("*-ft.safetensors"))
@@ -199,7 +205,7 @@ class FineTuned(DefenseComponent):
         from udcbench.spec import file_digest
 
         path = self.weights_for(model_name)
-        return {"weights": ("file:" if self.argument is not None else "bundled:") + file_digest(path)}
+        return {"weights": ("file:" if self.file is not None else "bundled:") + file_digest(path)}
 
     def swap_weights(self, model):
         """The same network with the fine-tuned weights, bound to the same per-image inputs."""

@@ -32,6 +32,8 @@ from udcbench.errors import SpecError
 from udcbench.metrics import psnr
 from udcbench.spec import image_seed
 
+# purify:auto settings: max clean PSNR loss in dB, calibration images, reference-perturbation budget in /255
+AUTO_KEYS = {"loss": 1.0, "n": 4, "eps": 8.0}
 CANDIDATES = (5, 10, 15, 20, 25, 30, 40, 50, 60, 80, 100, 150, 200)
 CRITERION = ("max mean PSNR(D(y+δ), f(y)) over t* with clean PSNR loss ≤ bound; δ = PGD-10 L∞ on the undefended "
              "model (UAD-RS-style noise-level selection)")
@@ -48,7 +50,6 @@ def select_t_star(component, defense, model, dataset, seed: int, device: torch.d
     the run's dataset (indexable samples). The calibration is stored in `component.chosen`.
     """
     from udcbench.attacks import make_attack, make_objective
-    from udcbench.defenses.purify import AUTO_KEYS
 
     settings = {**AUTO_KEYS, **component.auto}
     bound, count, eps = settings["loss"], int(settings["n"]), settings["eps"] / 255

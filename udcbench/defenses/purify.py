@@ -52,8 +52,10 @@ import math
 import torch
 from torch.nn import functional as F
 
-from udcbench.defenses.base import DefenseComponent
+from udcbench.defenses.base import DefenseComponent, Setting, word
 from udcbench.defenses.diffusion import DiffusionPrior
+from udcbench.defenses import noise_level
+from udcbench.defenses.noise_level import AUTO_KEYS
 from udcbench.registry import register_defense
 from udcbench.errors import SpecError
 
@@ -63,9 +65,6 @@ DEFAULT_INDEX = INDEXES[0]
 DEFAULT_T_STAR = 30
 DEFAULT_STEPS = 2
 DEFAULT_OVERLAP = 16
-# purify:auto settings (see udcbench/defenses/noise_level.py): max clean PSNR loss in dB, calibration images,
-# reference-perturbation budget in /255
-AUTO_KEYS = {"loss": 1.0, "n": 4, "eps": 8.0}
 
 
 def visited_timesteps(t_star: int, steps: int, index: str = DEFAULT_INDEX) -> list[int]:
@@ -226,65 +225,63 @@ def purify(prior: DiffusionPrior, image: torch.Tensor, t_star: int | torch.Tenso
     return out
 
 
+def _t_star(text: str) -> int | None:
+    """A t* setting: an integer timestep, or auto (None: chosen on the run's clean images)."""
+    return None if text.strip() == "auto" else int(text)
+
+
 class PurifyDefense(DefenseComponent):
     """`purify[:ARGS]`: diffusion purification of the attacked input before restoration.
 
-    ARGS: comma-separated key=value — t (alias t_star; default 30), steps (2), sampler (ddim|ddpm), tile,
-    overlap (16), index (udcbench|diffpure: how t* indexes the schedule, see the module docstring; default
-    udcbench) — e.g. "t=30", "t=30,steps=4,sampler=ddpm", "t=100,index=diffpure"; a bare number is t.
-    "auto" (or t=auto) leaves t_star None for the runner to choose on the run's clean images
+    ARGS: comma-separated key=value (`settings`) — t (alias t_star; default 30), steps (2), sampler (ddim|ddpm),
+    tile, overlap (16), index (udcbench|diffpure: how t* indexes the schedule, see the module docstring; default
+    udcbench), prior (a prior file or diffusers folder; default the bundled one) — e.g. "t=30",
+    "t=30,steps=4,sampler=ddpm", "t=100,index=diffpure"; a bare number is t.
+    "auto" (or t=auto) leaves t_star None for `ready` to choose on the run's clean images
     (`noise_level.select_t_star`), tuned by loss= (max clean PSNR loss, dB; 1), n= (calibration images; 4),
     eps= (reference PGD budget in /255; 8).
-    `prior` is the DiffusionPrior (the registered factory loads the bundled one or prior=PATH).
+    `prior` is the DiffusionPrior (the registered factory loads the bundled one; prior=PATH loads that one).
     """
 
     name = "purify"
     randomized = True  # forward noise and DDPM noise: adaptive attacks average over draws (EOT)
-    KEYS = {"t": "t_star", "t_star": "t_star", "steps": "steps", "sampler": "sampler", "tile": "tile",
-            "overlap": "overlap", "index": "index"}
+    settings = {
+        "t": Setting(DEFAULT_T_STAR, _t_star, "an integer timestep or auto", aliases=("t_star",)),
+        "steps": Setting(DEFAULT_STEPS, int, "an integer"),
+        "sampler": Setting("ddim", word, "a sampler name"),
+        "tile": Setting(None, int, "an integer", example="tile=64"),
+        "overlap": Setting(DEFAULT_OVERLAP, int, "an integer"),
+        "index": Setting(DEFAULT_INDEX, word, "an index convention"),
+        **{key: Setting(default, float, "a number", example=f"auto,{key}={default:g}")
+           for key, default in AUTO_KEYS.items()},
+        "prior": Setting(None, str, "a prior file or diffusers folder", example="prior=prior.safetensors"),
+    }
+    shorthand = "t"
 
     def __init__(self, argument: str | None = None, prior: DiffusionPrior | None = None,
                  t_star: int | None = DEFAULT_T_STAR, steps: int = DEFAULT_STEPS, sampler: str = "ddim",
                  tile: int | None = None, overlap: int = DEFAULT_OVERLAP, index: str = DEFAULT_INDEX):
         super().__init__(argument)
-        settings = {"t_star": t_star, "steps": steps, "sampler": sampler, "tile": tile, "overlap": overlap,
-                    "index": index}
-        text = (argument or "").strip()
-        self.auto: dict[str, float] = {}
-        if text:
-            for piece in text.split(","):
-                key, equals, value = piece.strip().partition("=")
-                if not equals and (key.isdigit() or key == "auto"):
-                    key, value = "t", key
-                if key in AUTO_KEYS and value:
-                    try:
-                        self.auto[key] = float(value)
-                    except ValueError:
-                        raise SpecError(f"purify {key}={value!r} must be a number, e.g. purify:auto,{key}="
-                                        f"{AUTO_KEYS[key]:g}") from None
-                    continue
-                if key in ("t", "t_star") and value == "auto":
-                    settings["t_star"] = None
-                    continue
-                if key not in self.KEYS or not value:
-                    raise SpecError(f"purify argument {piece.strip()!r} is not key=value with a key among "
-                                    f"{', '.join(self.KEYS)}; write e.g. purify:t=30,steps=2,sampler=ddim")
-                if key in ("sampler", "index"):
-                    settings[key] = value.strip()
-                    continue
-                try:
-                    settings[self.KEYS[key]] = int(value)
-                except ValueError:
-                    raise SpecError(f"purify {key}={value!r} must be an integer, e.g. purify:t=30") from None
-        self.prior, self.t_star, self.steps = prior, settings["t_star"], settings["steps"]
-        self.sampler, self.tile, self.overlap = settings["sampler"], settings["tile"], settings["overlap"]
-        self.index = settings["index"]
+        given = self.parse(argument)
+        self.auto: dict[str, float] = {key: value for key, value in given.items() if key in AUTO_KEYS}
+        if prior is None and given.get("prior") is not None:
+            from udcbench.defenses.diffusion import load_prior
+
+            prior = load_prior(given["prior"])
+        self.prior, self.t_star, self.steps = prior, given.get("t", t_star), given.get("steps", steps)
+        self.sampler, self.tile = given.get("sampler", sampler), given.get("tile", tile)
+        self.overlap, self.index = given.get("overlap", overlap), given.get("index", index)
+        self._check()
+        self.chosen: dict | None = None  # set by select_t_star (purify:auto): the calibration it ran
+
+    def _check(self) -> None:
+        """SpecError for settings that cannot purify with this prior."""
+        prior = self.prior
         check_settings(0 if self.t_star is None else self.t_star, self.steps, self.sampler,
                        None if prior is None else prior.schedule.T, self.index)
         if self.auto and self.t_star is not None:
             raise SpecError(f"purify {', '.join(self.auto)} set the automatic t* choice; add auto "
                             "(purify:auto,loss=1) or drop them")
-        self.chosen: dict | None = None  # set by select_t_star (purify:auto): the calibration it ran
         if prior is not None and self.tile is not None and (self.tile < prior.multiple or self.tile % prior.multiple):
             raise SpecError(f"purify tile {self.tile} must be a positive multiple of {prior.multiple} for this prior; "
                             f"e.g. tile={prior.size}")
@@ -299,6 +296,19 @@ class PurifyDefense(DefenseComponent):
         return purify(self.prior, image, self.t_star, self.steps, self.sampler, generator, self.tile, self.overlap,
                       self.index)
 
+    def networks(self) -> list[torch.nn.Module]:
+        """The prior's noise-prediction network (a PriorUNet, or the diffusers UNet's adapter): one pass per
+        `predict_noise` call."""
+        return [] if self.prior is None else [self.prior.unet]
+
+    def ready(self, model, dataset, seed: int, device, defense) -> None:
+        """The prior to `device`; for purify:auto (t_star None), t* chosen on the run's clean images
+        (`noise_level.select_t_star`, recorded in `chosen`). Once chosen, calling again changes nothing."""
+        if self.prior is not None:
+            self.prior.to(device)
+        if self.t_star is None:
+            noise_level.select_t_star(self, defense, model, dataset, seed, device)
+
     def record(self, model_name: str) -> dict:
         found = {"t_star": self.t_star, "steps": self.steps, "sampler": self.sampler,
                  "tile": self.tile if self.tile is not None else getattr(self.prior, "size", None),
@@ -308,6 +318,14 @@ class PurifyDefense(DefenseComponent):
         if self.chosen is not None:
             found["auto"] = self.chosen
         return found
+
+    @classmethod
+    def label(cls, argument: str | None, record: dict | None) -> str:
+        """purify:auto shows the t* it chose: 'purify:auto' → 'purify:auto(t*=30)'."""
+        text = super().label(argument, record)
+        if record is not None and "auto" in record and argument is not None and "auto" in argument:
+            return f"{text}(t*={record['t_star']})"
+        return text
 
 
 def prior_digest(prior: DiffusionPrior) -> str:
@@ -327,28 +345,22 @@ def prior_digest(prior: DiffusionPrior) -> str:
 PRIOR_FILE = "prior-udc-mini.safetensors"  # the bundled image prior (udcbench/models/weights/)
 
 
-def _bundled_prior_or_path(argument: str | None) -> tuple[str | None, DiffusionPrior]:
-    """Split a `prior=PATH` setting off the argument; load that prior, or the bundled one."""
+def _registered_purify(argument: str | None = None) -> PurifyDefense:
+    """The registered `purify`: with the prior prior=PATH names, else the bundled one."""
     from udcbench.defenses.diffusion import load_prior
     from udcbench.models import WEIGHTS_DIR
 
-    parts = [p for p in (argument or "").split(",") if p.strip()]
-    paths = [p.split("=", 1)[1] for p in parts if p.strip().startswith("prior=")]
-    rest = ",".join(p for p in parts if not p.strip().startswith("prior=")) or None
-    path = paths[-1] if paths else WEIGHTS_DIR / PRIOR_FILE
-    if not paths and not path.is_file():
+    if PurifyDefense.parse(argument).get("prior") is not None:
+        return PurifyDefense(argument)
+    path = WEIGHTS_DIR / PRIOR_FILE
+    if not path.is_file():
         raise SpecError(f"no diffusion prior is bundled ({PRIOR_FILE}); pass purify:prior=PATH (a udcbench "
                         "prior .safetensors or a diffusers DDPM folder)")
-    return rest, load_prior(path)
-
-
-def _registered_purify(argument: str | None = None) -> PurifyDefense:
-    rest, prior = _bundled_prior_or_path(argument)
-    return PurifyDefense(rest, prior=prior)
+    return PurifyDefense(argument, prior=load_prior(path))
 
 
 register_defense("purify", kind="transform", randomized=True,
                  description="diffusion purification (DiffPure): noise to t*, DDIM/DDPM back to t=0 with an image "
                              "prior; purify:t=30,steps=2,sampler=ddim,prior=PATH; purify:auto picks t* on clean "
-                             "data; index=diffpure counts t* as DiffPure's code (schedule index t*-1)"
-                 )(_registered_purify)
+                             "data; index=diffpure counts t* as DiffPure's code (schedule index t*-1)",
+                 component=PurifyDefense)(_registered_purify)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from udcbench.defenses.base import DefenseComponent
+from udcbench.defenses.base import DefenseComponent, Setting, integer, positive_number
 from udcbench.errors import SpecError
 from udcbench.registry import register_defense
 
@@ -32,8 +32,7 @@ class NoDefense(DefenseComponent):
     name = "none"
 
     def __init__(self, argument: str | None = None):
-        if argument is not None:
-            raise SpecError(f"defense 'none' takes no argument, got 'none:{argument}'")
+        self.parse(argument)  # no settings: any argument is refused
         super().__init__(None)
 
     def describe(self) -> str:
@@ -41,20 +40,6 @@ class NoDefense(DefenseComponent):
 
 
 register_defense("none", kind="identity", description="no defense: the undefended model")(NoDefense)
-
-
-def _parse_integer(name: str, argument: str | None, default: int, low: int, high: int | None,
-                   expected: str) -> int:
-    """`argument` as an integer in [low, high] (no upper bound when high is None); default when absent."""
-    if argument is None:
-        return default
-    try:
-        value = int(argument.strip())
-    except ValueError:
-        value = None
-    if value is None or value < low or (high is not None and value > high):
-        raise SpecError(f"{name} takes {expected}, e.g. {name}:{default}; got '{name}:{argument}'")
-    return value
 
 
 def _check_batch(name: str, image: torch.Tensor) -> None:
@@ -92,13 +77,13 @@ class JPEGCompression(DefenseComponent):
     """JPEG compression as a defense (Dziugaite et al. 2016, "A study of the effect of JPG compression on
     adversarial images"; Das et al. 2017, "Keeping the Bad Guys Out"; Guo et al., ICLR 2018).
 
-    Spec: `jpeg:Q`, quality Q an integer in 1–100, default 75. Each image of the batch is quantised to uint8
-    (round(x · 255)), encoded with Pillow (libjpeg) as a baseline JPEG — `Image.save(buffer, "JPEG",
-    quality=Q, subsampling=2)`: 4:2:0 chroma subsampling (Pillow's default at every quality), the IJG
-    standard quantisation tables scaled by Q, Huffman tables not optimised, not progressive — decoded
-    with Pillow's defaults (libjpeg's integer DCT, fancy upsampling), and returned as uint8/255. The
-    result is bit-exact with `Image.open(buffer)` of Pillow's own `save(..., quality=Q)`. Inputs on any
-    device go through the CPU and come back on their device and dtype.
+    Spec: `jpeg:Q` (or jpeg:quality=Q), quality Q an integer in 1–100, default 75. Each image of the batch is
+    quantised to uint8 (round(x · 255)), encoded with Pillow (libjpeg) as a baseline JPEG — `Image.save(buffer,
+    "JPEG", quality=Q, subsampling=2)`: 4:2:0 chroma subsampling (Pillow's default at every quality), the IJG
+    standard quantisation tables scaled by Q, Huffman tables not optimised, not progressive — decoded with Pillow's
+    defaults (libjpeg's integer DCT, fancy upsampling), and returned as uint8/255. The result is bit-exact with
+    `Image.open(buffer)` of Pillow's own `save(..., quality=Q)`. Inputs on any device go through the CPU and come
+    back on their device and dtype.
 
     The transform has no useful gradient, so `differentiable_transform` is BPDA with the identity as the
     approximation (straight-through): the exact JPEG in the forward pass, ∂output/∂input = I in the backward
@@ -110,10 +95,12 @@ class JPEGCompression(DefenseComponent):
 
     name = "jpeg"
     subsampling = 2  # Pillow's code for 4:2:0
+    settings = {"quality": Setting(75, integer(1, 100), "a quality 1–100")}
+    shorthand = "quality"
 
     def __init__(self, argument: str | None = None):
         super().__init__(argument)
-        self.quality = _parse_integer("jpeg", argument, 75, 1, 100, "a quality 1–100")
+        self.quality = self.configure(argument)["quality"]
 
     def describe(self) -> str:
         return f"jpeg(quality={self.quality}, 4:2:0)"
@@ -158,10 +145,10 @@ class GaussianBlur(DefenseComponent):
     """Gaussian blur as a defense: linear spatial smoothing of the input, the linear counterpart of the median
     smoother of Xu et al., NDSS 2018, "Feature Squeezing".
 
-    Spec: `blur:SIGMA`, the standard deviation in pixels, a number > 0, default 1.0. The kernel is the sampled
-    Gaussian truncated at radius r = ceil(3σ) and normalised to sum 1, applied separably (rows, then
-    columns) to each channel with reflect padding (the edge pixel is not repeated: scipy's mode 'mirror').
-    The image side must exceed r. Differentiable as is, so `differentiable_transform` is the transform.
+    Spec: `blur:SIGMA` (or blur:sigma=SIGMA), the standard deviation in pixels, a number > 0, default 1.0. The
+    kernel is the sampled Gaussian truncated at radius r = ceil(3σ) and normalised to sum 1, applied separably
+    (rows, then columns) to each channel with reflect padding (the edge pixel is not repeated: scipy's mode
+    'mirror'). The image side must exceed r. Differentiable as is, so `differentiable_transform` is the transform.
     Shapes: (B, C, H, W) → the same.
 
         blur = make_defense("blur:1.5").components[0]
@@ -169,17 +156,12 @@ class GaussianBlur(DefenseComponent):
     """
 
     name = "blur"
+    settings = {"sigma": Setting(1.0, positive_number, "a Gaussian sigma in pixels > 0")}
+    shorthand = "sigma"
 
     def __init__(self, argument: str | None = None):
         super().__init__(argument)
-        self.sigma = 1.0
-        if argument is not None:
-            try:
-                self.sigma = float(argument.strip())
-            except ValueError:
-                self.sigma = float("nan")
-            if not (math.isfinite(self.sigma) and self.sigma > 0.0):
-                raise SpecError(f"blur takes a Gaussian sigma in pixels > 0, e.g. blur:1.0; got 'blur:{argument}'")
+        self.sigma = self.configure(argument)["sigma"]
         self.radius = math.ceil(3.0 * self.sigma)
 
     def describe(self) -> str:
@@ -207,10 +189,10 @@ register_defense("blur", kind="transform", differentiable=True,
 class MedianFilter(DefenseComponent):
     """Median filtering as a defense (Xu et al., NDSS 2018, "Feature Squeezing": local spatial smoothing).
 
-    Spec: `median:K`, the side of the square window, an odd integer ≥ 3, default 3. Each channel is padded by
-    K // 2 with reflect padding (scipy's mode 'mirror'), unfolded into K×K windows and replaced by each window's
-    median (K² is odd, so the median is one of the window's values: the forward pass is exact). The image
-    side must exceed K // 2. Differentiable almost everywhere: torch routes the gradient of a median to the
+    Spec: `median:K` (or median:kernel_size=K), the side of the square window, an odd integer ≥ 3, default 3. Each
+    channel is padded by K // 2 with reflect padding (scipy's mode 'mirror'), unfolded into K×K windows and replaced
+    by each window's median (K² is odd, so the median is one of the window's values: the forward pass is exact). The
+    image side must exceed K // 2. Differentiable almost everywhere: torch routes the gradient of a median to the
     selected element, so `differentiable_transform` is the transform itself. Shapes: (B, C, H, W) → the same.
 
         median = make_defense("median:5").components[0]
@@ -218,10 +200,12 @@ class MedianFilter(DefenseComponent):
     """
 
     name = "median"
+    settings = {"kernel_size": Setting(3, integer(3), "an odd kernel size ≥ 3")}
+    shorthand = "kernel_size"
 
     def __init__(self, argument: str | None = None):
         super().__init__(argument)
-        self.kernel_size = _parse_integer("median", argument, 3, 3, None, "an odd kernel size ≥ 3")
+        self.kernel_size = self.configure(argument)["kernel_size"]
         if self.kernel_size % 2 == 0:
             raise SpecError(f"median takes an odd kernel size ≥ 3, e.g. median:3; got 'median:{argument}' "
                             f"(use {self.kernel_size - 1} or {self.kernel_size + 1})")
@@ -249,20 +233,22 @@ class BitDepthReduction(DefenseComponent):
     """Bit-depth reduction, the colour-depth squeezer of Xu, Evans & Qi, "Feature Squeezing: Detecting
     Adversarial Examples in Deep Neural Networks", NDSS 2018.
 
-    Spec: `bits:B`, the bit depth, an integer 1–8, default 4: x ↦ round(x · (2^B − 1)) / (2^B − 1), so at most
-    2^B values per channel; B = 8 leaves a uint8 image unchanged. Rounding has zero gradient almost everywhere,
-    so `differentiable_transform` is BPDA with the identity (straight-through; Athalye et al., ICML 2018):
-    exact in the forward pass, the identity's gradient in the backward pass. Shapes: (B, C, H, W) → the same.
+    Spec: `bits:B` (or bits:bit_depth=B), the bit depth, an integer 1–8, default 4: x ↦ round(x · (2^B − 1)) / (2^B
+    − 1), so at most 2^B values per channel; B = 8 leaves a uint8 image unchanged. Rounding has zero gradient almost
+    everywhere, so `differentiable_transform` is BPDA with the identity (straight-through; Athalye et al., ICML
+    2018): exact in the forward pass, the identity's gradient in the backward pass. Shapes: (B, C, H, W) → the same.
 
         bits = make_defense("bits:3").components[0]
         y_squeezed = bits.transform(y, generator)
     """
 
     name = "bits"
+    settings = {"bit_depth": Setting(4, integer(1, 8), "a bit depth 1–8")}
+    shorthand = "bit_depth"
 
     def __init__(self, argument: str | None = None):
         super().__init__(argument)
-        self.bit_depth = _parse_integer("bits", argument, 4, 1, 8, "a bit depth 1–8")
+        self.bit_depth = self.configure(argument)["bit_depth"]
 
     def describe(self) -> str:
         return f"bits(bit_depth={self.bit_depth})"

@@ -15,8 +15,14 @@ from torch.nn import functional as F
 from udcbench.registry import register_metric
 
 
+def per_image_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of each image of a batch: (B, ...) -> (B,). PSNR, the MSE objectives and C&W's
+    distortion term all use this one."""
+    return (a - b).pow(2).flatten(1).mean(dim=1)
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    mse = (a - b).pow(2).flatten(1).mean(dim=1)
+    mse = per_image_mse(a, b)
     return 10.0 * torch.log10(data_range ** 2 / mse)
 
 
@@ -50,7 +56,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, sigma: float
     return s.flatten(2).mean(dim=2).mean(dim=1)
 
 
-register_metric("psnr", higher_is_better=True, unit="dB",
+register_metric("psnr", higher_is_better=True, label="PSNR", unit="dB", digits=2, tolerance=0.05, default=True,
+                pairs=("clean_gt", "adv_gt", "adv_clean", "clean_gt_undefended", "adv_gt_undefended", "degraded_gt",
+                       "input_adv"),
                 description="peak signal-to-noise ratio, data range 1 (matches scikit-image)")(psnr)
-register_metric("ssim", higher_is_better=True, unit="",
+register_metric("ssim", higher_is_better=True, label="SSIM", digits=4, tolerance=0.005, default=True, min_size=11,
                 description="structural similarity, Gaussian σ 1.5, data range 1 (matches scikit-image)")(ssim)

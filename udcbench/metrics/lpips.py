@@ -288,7 +288,13 @@ def lpips_vgg(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return lpips(x, y, net="vgg")
 
 
-register_metric("lpips-alex", higher_is_better=False, unit="",
-                description="LPIPS v0.1, AlexNet (Zhang et al. 2018); needs local weights")(lpips_alex)
-register_metric("lpips-vgg", higher_is_better=False, unit="",
-                description="LPIPS v0.1, VGG16 (Zhang et al. 2018); needs local weights")(lpips_vgg)
+def _register(net: str, backbone: str, function) -> None:
+    register_metric(f"lpips-{net}", higher_is_better=False, label="LPIPS", column="lpips", digits=4, tolerance=0.005,
+                    pairs=("clean_gt", "adv_gt", "adv_clean"), min_size=_MIN_SIZE[net],
+                    needs=f"local {backbone} and LPIPS v0.1 weights ($UDCBENCH_LPIPS_DIR)",
+                    check=lambda: find_weights(net),
+                    description=f"LPIPS v0.1, {backbone} (Zhang et al. 2018); needs local weights")(function)
+
+
+_register("alex", "AlexNet", lpips_alex)
+_register("vgg", "VGG16", lpips_vgg)

@@ -72,3 +72,18 @@ def pyiqa_metric(name: str, device: str | torch.device = "cpu", as_loss: bool = 
             raise UnknownNameError(f"pyiqa has no metric {name!r}{hint}; see pyiqa.list_models()")
     metric = pyiqa.create_metric(name, as_loss=as_loss, device=torch.device(device))
     return PyiqaMetric(name, metric, as_loss)
+
+
+def pyiqa_fields(name: str, device: str | torch.device = "cpu") -> dict:
+    """The descriptor fields (udcbench.metrics.base.Metric) of `pyiqa:NAME`: stored as pyiqa_<name>_<pair>, its
+    direction from pyiqa's `lower_better`. Raises MissingExtraError / UnknownNameError as `pyiqa_metric`."""
+    import re
+
+    metric = pyiqa_metric(name, device=device)
+    if metric.higher_is_better is None:
+        raise UnknownNameError(f"pyiqa:{name} does not say whether lower or higher is better "
+                               "(no lower_better attribute); udcbench cannot rank or check it")
+    column = "pyiqa_" + re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    return dict(name=f"pyiqa:{name}", function=metric, higher_is_better=metric.higher_is_better,
+                label=f"pyiqa:{name}", column=column, needs="pyiqa (pip install 'udcbench[pyiqa]')",
+                description=f"pyiqa's {name} (IQA-PyTorch)")

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from udcbench.data.tonemap import TONE_MAP, inverse_tone_map, tone_map
 from udcbench.errors import SpecError
-
-TONE_MAP = "x/(x+0.25)"
+from udcbench.registry import register_model
 
 
 @dataclass(frozen=True)
@@ -85,15 +86,13 @@ class RestorationModel(nn.Module):
     def _to_network(self, image: torch.Tensor) -> torch.Tensor:
         lo, hi = self.contract.value_range
         if self.contract.tone_mapping == TONE_MAP:
-            u = image.clamp(0.0, hi / (hi + 0.25))
-            return 0.25 * u / (1.0 - u)
+            return inverse_tone_map(image, cap=tone_map(hi))
         return image * (hi - lo) + lo if (lo, hi) != (0.0, 1.0) else image
 
     def _from_network(self, out: torch.Tensor) -> torch.Tensor:
         lo, hi = self.contract.value_range
         if self.contract.tone_mapping == TONE_MAP:
-            out = out.clamp(min=0.0)
-            return out / (out + 0.25)
+            return tone_map(out.clamp(min=0.0))
         return (out - lo) / (hi - lo) if (lo, hi) != (0.0, 1.0) else out
 
     def forward(self, image: torch.Tensor, clamp: bool = True, **extras: torch.Tensor) -> torch.Tensor:
@@ -146,3 +145,24 @@ class BoundModel(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         extras = {k: v.expand(image.shape[0], *v.shape[1:]) if v.shape[0] == 1 else v for k, v in self.extras.items()}
         return self.model(image, **extras)
+
+
+def register_configs(family: str, configs: Mapping[str, dict], build: Callable[..., nn.Module],
+                     per_config: Callable[[str], dict] | None = None, **info: Any) -> None:
+    """Register every configuration of a model family: `configs` maps a name to the keyword arguments of
+    `build`, and the entry `name` builds `build(**configs[name], **options)` (options: what `load_model`
+    resolved from `info["options"]`, none for most models).
+
+    info: what every configuration registers alike (contract=, paper=, blocks=, checkpoint_format=, ...);
+    per_config(name): further info of one configuration (e.g. Uformer's options= and checkpoint_hint=).
+    """
+    for name in configs:
+        extra = per_config(name) if per_config is not None else {}
+        register_model(name, family=family, **info, **extra)(_config_factory(configs, name, build))
+
+
+def _config_factory(configs: Mapping[str, dict], name: str, build: Callable[..., nn.Module]) -> Callable:
+    """The factory of one configuration (its own function, so each closure holds its own `name`)."""
+    def factory(**options: Any) -> nn.Module:
+        return build(**configs[name], **options)
+    return factory

@@ -33,8 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
-from udcbench.models.base import InputContract
-from udcbench.registry import register_model
+from udcbench.models.base import InputContract, register_configs
 
 
 def conv3(cin: int, cout: int, bias: bool) -> nn.Conv2d:
@@ -255,13 +254,6 @@ PAPER = ("Koh et al., BNUDC: A Two-Branched Deep Neural Network for Restoring Im
 
 BLOCKS = (SmoothDilatedResidualBlock,)  # checkpointed one by one under --memory low (udcbench.models.memory)
 
-def _factory(config: str):
-    def build() -> BNUDC:
-        return BNUDC(**CONFIGS[config])
-    return build
-
-
-for _name in CONFIGS:
-    register_model(_name, family="bnudc", contract=CONTRACT, paper=PAPER, convert_state=convert_state, blocks=BLOCKS,
-                   checkpoint_format="plain state_dict from DataParallel ('module.' prefix), legacy weight-norm "
-                                     "keys weight_g/weight_v")(_factory(_name))
+register_configs("bnudc", CONFIGS, BNUDC, contract=CONTRACT, paper=PAPER, convert_state=convert_state, blocks=BLOCKS,
+                 checkpoint_format="plain state_dict from DataParallel ('module.' prefix), legacy weight-norm "
+                                   "keys weight_g/weight_v")

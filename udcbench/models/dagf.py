@@ -29,8 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from udcbench.models.base import InputContract
-from udcbench.registry import register_model
+from udcbench.models.base import InputContract, register_configs
 
 
 def lrelu(x: torch.Tensor) -> torch.Tensor:
@@ -244,13 +243,6 @@ PAPER = ("Sundar et al., Deep Atrous Guided Filter for Image Restoration in Unde
 
 BLOCKS = (AtrousBlock, ResidualFFABlock)  # checkpointed one by one under --memory low (udcbench.models.memory)
 
-def _factory(config: str):
-    def build() -> DAGF:
-        return DAGF(**CONFIGS[config])
-    return build
-
-
-for _name in CONFIGS:
-    register_model(_name, family="dagf", contract=CONTRACT, paper=PAPER, blocks=BLOCKS,
-                   checkpoint_format="{'state_dict': ..., 'optimizer', 'epoch', 'global_step', 'loss'} "
-                                     "from DataParallel ('module.' prefix)")(_factory(_name))
+register_configs("dagf", CONFIGS, DAGF, contract=CONTRACT, paper=PAPER, blocks=BLOCKS,
+                 checkpoint_format="{'state_dict': ..., 'optimizer', 'epoch', 'global_step', 'loss'} "
+                                   "from DataParallel ('module.' prefix)")

@@ -26,8 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from udcbench.models.base import InputContract
-from udcbench.registry import register_model
+from udcbench.models.base import InputContract, register_configs
 
 SLOPE = 0.2  # negative slope of the LeakyReLUs and initial PReLU slope
 
@@ -196,12 +195,5 @@ PAPER = ("Feng et al., Removing Diffraction Image Artifacts in Under-Display Cam
 # outside any module, so DISCNet saves the least of all models (≈ 30 % at 64×64)
 BLOCKS = (ResBlock, "dynamic_kernel*")
 
-def _factory(config: str):
-    def build() -> DISCNet:
-        return DISCNet(**CONFIGS[config])
-    return build
-
-
-for _name in CONFIGS:
-    register_model(_name, family="discnet", contract=CONTRACT, paper=PAPER, blocks=BLOCKS,
-                   checkpoint_format="BasicSR {'params': ...}")(_factory(_name))
+register_configs("discnet", CONFIGS, DISCNet, contract=CONTRACT, paper=PAPER, blocks=BLOCKS,
+                 checkpoint_format="BasicSR {'params': ...}")

@@ -37,8 +37,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from udcbench.models.base import InputContract
-from udcbench.registry import register_model
+from udcbench.models.base import InputContract, register_configs
 
 INIT_DEPTH = 36  # the official block init always uses this nominal network depth
 
@@ -165,12 +164,5 @@ PAPER = ("DWFormer, MIPI 2022 UDC image restoration challenge entry (Feng et al.
 
 BLOCKS = (Block,)  # checkpointed one by one under --memory low (udcbench.models.memory)
 
-def _factory(config: str):
-    def build() -> DWFormer:
-        return DWFormer(**CONFIGS[config])
-    return build
-
-
-for _name in CONFIGS:
-    register_model(_name, family="dwformer", contract=CONTRACT, paper=PAPER, blocks=BLOCKS,
-                   checkpoint_format="{'state_dict': ...} from DataParallel ('module.' prefix)")(_factory(_name))
+register_configs("dwformer", CONFIGS, DWFormer, contract=CONTRACT, paper=PAPER, blocks=BLOCKS,
+                 checkpoint_format="{'state_dict': ...} from DataParallel ('module.' prefix)")

@@ -24,8 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from udcbench.models.base import InputContract
-from udcbench.registry import register_model
+from udcbench.models.base import InputContract, register_configs
 
 
 class ConvUnit(nn.Module):
@@ -245,12 +244,5 @@ PAPER = ("Zhu et al., Enhanced Coarse-to-Fine Network for Image Restoration from
 # fusions (whose 2·22c-channel interiors would otherwise be kept)
 BLOCKS = (ResidualDenseBlock, GatedFusion, PlainFusion)
 
-def _factory(config: str):
-    def build() -> ECFNet:
-        return ECFNet(**CONFIGS[config])
-    return build
-
-
-for _name in CONFIGS:
-    register_model(_name, family="ecfnet", contract=CONTRACT, paper=PAPER, blocks=BLOCKS,
-                   checkpoint_format="plain state_dict (ckpt/model.pth)")(_factory(_name))
+register_configs("ecfnet", CONFIGS, ECFNet, contract=CONTRACT, paper=PAPER, blocks=BLOCKS,
+                 checkpoint_format="plain state_dict (ckpt/model.pth)")

@@ -8,7 +8,7 @@ interior, for one more forward pass of the blocks. The arithmetic is the same op
 gradients are bit-identical to the plain path with one CPU thread (with several, PyTorch's parallel CPU kernels
 may round a recomputed block's gradient differently in the last bit: ≤ 5e-7 measured). The first checkpointed call imports torch._dynamo (≈ 70 MB).
 
-Blocks are declared next to each model's registration, `register_model(..., blocks=(TransformerBlock,))`:
+Blocks are declared next to each model's registration, `register_configs(..., blocks=(TransformerBlock,))`:
 module classes and/or fnmatch patterns of module names in the network ("KNet*"); a network outside the
 registry may declare a `checkpoint_blocks` attribute. Only the outermost match is checkpointed (no nesting).
 

@@ -21,8 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from udcbench.models.base import InputContract
-from udcbench.registry import register_model
+from udcbench.models.base import InputContract, register_configs
 
 
 class LayerNorm2d(nn.Module):
@@ -150,12 +149,5 @@ PAPER = "Chen et al., Simple Baselines for Image Restoration, ECCV 2022"
 
 BLOCKS = (NAFBlock,)  # checkpointed one by one under --memory low (udcbench.models.memory)
 
-def _factory(config: str):
-    def build() -> NAFNet:
-        return NAFNet(**CONFIGS[config])
-    return build
-
-
-for _name in CONFIGS:
-    register_model(_name, family="nafnet", contract=CONTRACT, paper=PAPER, blocks=BLOCKS,
-                   checkpoint_format="BasicSR {'params': ...}")(_factory(_name))
+register_configs("nafnet", CONFIGS, NAFNet, contract=CONTRACT, paper=PAPER, blocks=BLOCKS,
+                 checkpoint_format="BasicSR {'params': ...}")

@@ -22,8 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from udcbench.models.base import InputContract
-from udcbench.registry import register_model
+from udcbench.models.base import InputContract, register_configs
 
 
 class _WithBiasNorm(nn.Module):
@@ -216,12 +215,5 @@ PAPER = "Zamir et al., Restormer: Efficient Transformer for High-Resolution Imag
 
 BLOCKS = (TransformerBlock,)  # checkpointed one by one under --memory low (udcbench.models.memory)
 
-def _factory(config: str):
-    def build() -> Restormer:
-        return Restormer(**CONFIGS[config])
-    return build
-
-
-for _name in CONFIGS:
-    register_model(_name, family="restormer", contract=CONTRACT, paper=PAPER, blocks=BLOCKS,
-                   checkpoint_format="{'params': ...} (BasicSR)")(_factory(_name))
+register_configs("restormer", CONFIGS, Restormer, contract=CONTRACT, paper=PAPER, blocks=BLOCKS,
+                 checkpoint_format="{'params': ...} (BasicSR)")

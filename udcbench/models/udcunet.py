@@ -26,8 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from udcbench.models.base import TONE_MAP, InputContract
-from udcbench.registry import register_model
+from udcbench.models.base import TONE_MAP, InputContract, register_configs
 
 PSF_CODE = (-0.0020, 0.0352, -2.0215e-05, 0.0060, 9.4328e-05)  # the official fixed kernel code of the display
 SFT_HIDDEN = 32  # the SFT layers' hidden width is 32 at every level in the release
@@ -203,12 +202,5 @@ PAPER = ("Liu et al., UDC-UNet: Under-Display Camera Image Restoration via U-Sha
 # condition and kernel heads (only their outputs, which the U-Net needs later, are kept)
 BLOCKS = (ResBlockSFT, ResidualBlockNoBN, "KNet*", "CondNet*")
 
-def _factory(config: str):
-    def build() -> UDCUNet:
-        return UDCUNet(**CONFIGS[config])
-    return build
-
-
-for _name in CONFIGS:
-    register_model(_name, family="udcunet", contract=CONTRACT, paper=PAPER, blocks=BLOCKS,
-                   checkpoint_format="BasicSR {'params_ema': ...} (also 'params')")(_factory(_name))
+register_configs("udcunet", CONFIGS, UDCUNet, contract=CONTRACT, paper=PAPER, blocks=BLOCKS,
+                 checkpoint_format="BasicSR {'params_ema': ...} (also 'params')")

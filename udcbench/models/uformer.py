@@ -38,8 +38,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from udcbench.models.base import InputContract
-from udcbench.registry import Option, register_model
+from udcbench.models.base import InputContract, register_configs
+from udcbench.registry import Option
 
 HEADS = (1, 2, 4, 8, 16, 16, 8, 4, 2)
 TRAIN_PATCH = 128  # the official options' `--train_ps` default, used by every official test script
@@ -398,14 +398,14 @@ def _checkpoint_hint(config: str):
 
 BLOCKS = (LeWinBlock,)  # checkpointed one by one under --memory low (udcbench.models.memory)
 
-def _factory(config: str):
-    def build(train_patch: int = CONFIGS[config]["img_size"]) -> Uformer:
-        return Uformer(**{**CONFIGS[config], "img_size": train_patch})
-    return build
+def _build(img_size: int, train_patch: int | None = None, **config) -> Uformer:
+    """A configuration's Uformer, trained at `train_patch` (the option; default: its img_size)."""
+    return Uformer(**config, img_size=img_size if train_patch is None else train_patch)
 
 
-for _name in CONFIGS:
-    register_model(_name, family="uformer", contract=CONTRACT, paper=PAPER, blocks=BLOCKS,
-                   checkpoint_format="{'state_dict': ...} from DataParallel ('module.' prefix)",
-                   options={"train_patch": _train_patch_option(_name)},
-                   checkpoint_hint=_checkpoint_hint(_name))(_factory(_name))
+def _per_config(config: str) -> dict:
+    return {"options": {"train_patch": _train_patch_option(config)}, "checkpoint_hint": _checkpoint_hint(config)}
+
+
+register_configs("uformer", CONFIGS, _build, _per_config, contract=CONTRACT, paper=PAPER, blocks=BLOCKS,
+                 checkpoint_format="{'state_dict': ...} from DataParallel ('module.' prefix)")

@@ -9,9 +9,11 @@ results match one baseline row — runs an older baseline cannot tell apart — 
 naming what differs, instead of being compared with an average of different experiments.
 
 It fails when a baseline configuration is missing, when a configuration was scored on a different number of
-images, or when a metric (psnr_*, ssim_*, lpips_*) moved by more than the tolerance: absolute, in dB for PSNR
-columns and in metric units for SSIM and LPIPS columns. Configurations that are new are reported and fail only
-in strict mode.
+images, or when a metric column (every column of a registered metric, udcbench.metrics.base) moved by more than
+its tolerance: absolute, in dB for PSNR columns (--tolerance), in metric units for SSIM and LPIPS columns
+(--ssim-tolerance), and for any other metric its registered tolerance unless --metric-tolerance NAME=VALUE sets
+one; better / worse follow each metric's registered direction. Configurations that are new are reported and
+fail only in strict mode.
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ from pathlib import Path
 import pandas as pd
 
 from udcbench.errors import SpecError, UdcbenchError
+from udcbench.metrics.base import CLEAN_LOSS, column_label, column_metric, digits, higher_is_better, is_metric_column
 from udcbench.report.identity import IDENTITY, KEYS, RUN, SETTINGS, describe
-from udcbench.report.leaderboard import METRICS, OPTIONAL, UNDEFENDED, summarise
-from udcbench.report.tables import higher_is_better
+from udcbench.report.leaderboard import summarise
 
-METRIC_PREFIXES = ("psnr_", "ssim_", "lpips_")
-LABELS = dict(METRICS + UNDEFENDED + OPTIONAL)
+# the metric columns (by prefix) that --tolerance and --ssim-tolerance govern
+PSNR_PREFIX, SSIM_PREFIXES = "psnr", ("ssim", "lpips")
 SLACK = 1e-9  # float noise: a move of exactly the tolerance passes
 
 
@@ -59,20 +61,20 @@ class Finding:
         if self.kind == "images":
             return (f"{self.configuration}: scored on {self.now:.0f} images, the baseline on "
                     f"{self.baseline:.0f}")
-        digits = 2 if self.metric.startswith("psnr_") else 4
-        unit = " dB" if self.metric.startswith("psnr_") else ""
-        name = f"{self.metric} ({LABELS[self.metric]})" if self.metric in LABELS else self.metric
+        places, unit = digits(self.metric), _unit(self.metric)
+        label = column_label(self.metric)
+        name = f"{self.metric} ({label})" if label != self.metric else self.metric
         if _missing(self.baseline) or _missing(self.now):
-            before = "no value" if _missing(self.baseline) else f"{self.baseline:.{digits}f}"
-            after = "no value" if _missing(self.now) else f"{self.now:.{digits}f}"
+            before = "no value" if _missing(self.baseline) else f"{self.baseline:.{places}f}"
+            after = "no value" if _missing(self.now) else f"{self.now:.{places}f}"
             return f"{self.configuration}: {name} {before} → {after} (a value appeared or vanished)"
         difference = self.now - self.baseline
         direction = "higher" if difference > 0 else "lower"
         better = higher_is_better(self.metric)
         if better is not None:
             direction += ": better" if (difference > 0) == better else ": worse"
-        return (f"{self.configuration}: {name} {self.baseline:.{digits}f} → {self.now:.{digits}f} "
-                f"({difference:+.{digits}f}{unit}, {direction}; tolerance ±{self.tolerance:g}{unit})")
+        return (f"{self.configuration}: {name} {self.baseline:.{places}f} → {self.now:.{places}f} "
+                f"({difference:+.{places}f}{unit}, {direction}; tolerance ±{self.tolerance:g}{unit})")
 
 
 @dataclass(frozen=True)
@@ -85,14 +87,17 @@ class CheckResult:
     tolerance: float
     ssim_tolerance: float
     strict: bool = False
+    others: tuple = ()  # (label, tolerance) of the further metrics compared
+
 
     @property
     def passed(self) -> bool:
         return not self.failures and not (self.strict and self.new)
 
     def summary(self) -> str:
+        others = "".join(f" / ±{value:g} {label}" for label, value in self.others)
         scope = (f"{self.rows} rows × {self.metrics} metrics within ±{self.tolerance:g} dB PSNR / "
-                 f"±{self.ssim_tolerance:g} SSIM of {self.baseline}")
+                 f"±{self.ssim_tolerance:g} SSIM{others} of {self.baseline}")
         if self.passed:
             return f"check passed: {scope}" + (f"; {len(self.new)} new rows not in baseline" if self.new else "")
         counts = {kind: sum(f.kind == kind for f in self.failures)
@@ -107,6 +112,53 @@ class CheckResult:
         if self.strict and self.new:
             parts.append(f"{len(self.new)} new rows (--strict)")
         return f"check failed: {', '.join(parts)} — {scope.replace(' within ', ' compared at ')}"
+
+
+def _unit(column: str) -> str:
+    found = column_metric(column)
+    unit = "dB" if column == CLEAN_LOSS else found[0].unit if found else ""
+    return f" {unit}" if unit else ""
+
+
+def checked(column: str) -> bool:
+    """Whether `check` compares a leaderboard column: a metric's column, or the clean PSNR loss."""
+    return column == CLEAN_LOSS or is_metric_column(column)
+
+
+def tolerance_for(column: str, tolerance: float, ssim_tolerance: float, metric_tolerances: dict | None = None):
+    """(tolerance, label of a further metric or None) for a checked column: --tolerance for PSNR columns,
+    --ssim-tolerance for SSIM and LPIPS ones, else the metric's --metric-tolerance or registered tolerance (a
+    metric not installed here: --ssim-tolerance)."""
+    found = column_metric(column)
+    prefix = PSNR_PREFIX if column == CLEAN_LOSS else found[0].column if found else None
+    if prefix == PSNR_PREFIX:
+        return tolerance, None
+    if prefix in SSIM_PREFIXES or found is None:
+        return ssim_tolerance, None
+    metric = found[0]
+    return (metric_tolerances or {}).get(metric.name, metric.tolerance), metric.label
+
+
+def parse_metric_tolerances(items) -> dict[str, float]:
+    """['grad-gap=0.02'] -> {'grad-gap': 0.02}, for metrics other than PSNR, SSIM and LPIPS (which have
+    --tolerance and --ssim-tolerance); names are checked against the registered metrics."""
+    from udcbench.metrics.base import get_metric
+
+    found = {}
+    for item in items or ():
+        name, sep, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not sep or number is None:
+            raise SpecError(f"cannot read --metric-tolerance {item!r}; write NAME=VALUE, e.g. grad-gap=0.02")
+        metric = get_metric(name.strip())
+        if metric.column == PSNR_PREFIX or metric.column in SSIM_PREFIXES:
+            raise SpecError(f"{metric.name} columns are governed by --tolerance (PSNR) or --ssim-tolerance (SSIM, "
+                            "LPIPS); use those")
+        found[metric.name] = number
+    return found
 
 
 def _missing(value) -> bool:
@@ -158,7 +210,7 @@ def read_baseline(path: str | Path) -> pd.DataFrame:
     if lacking:
         raise BaselineError(f"baseline {path} lacks the column(s) {', '.join(lacking)}; it must be a leaderboard "
                             f"CSV with {', '.join(KEYS)}, images and metric columns — {fix}")
-    for column in ["images"] + [c for c in frame.columns if c.startswith(METRIC_PREFIXES)]:
+    for column in ["images"] + [c for c in frame.columns if checked(c)]:
         text = frame[column].str.strip()
         numbers = pd.to_numeric(text.where(text != ""), errors="coerce")
         bad = numbers.isna() & ((text != "") | (column == "images"))  # metrics may be empty (no LPIPS run)
@@ -175,9 +227,12 @@ def read_baseline(path: str | Path) -> pd.DataFrame:
 
 
 def compare(current: pd.DataFrame, baseline: pd.DataFrame, tolerance: float = 0.05,
-            ssim_tolerance: float = 0.005, strict: bool = False, baseline_name: str = "baseline") -> CheckResult:
-    """`current` and `baseline` are leaderboards (summarise's output; the baseline as read_baseline gives it)."""
-    for name, value in (("--tolerance", tolerance), ("--ssim-tolerance", ssim_tolerance)):
+            ssim_tolerance: float = 0.005, strict: bool = False, baseline_name: str = "baseline",
+            metric_tolerances: dict | None = None) -> CheckResult:
+    """`current` and `baseline` are leaderboards (summarise's output; the baseline as read_baseline gives it).
+    `metric_tolerances`: {metric name: tolerance} for metrics other than PSNR, SSIM and LPIPS."""
+    for name, value in (("--tolerance", tolerance), ("--ssim-tolerance", ssim_tolerance),
+                        *((f"--metric-tolerance {k}", v) for k, v in (metric_tolerances or {}).items())):
         if not value >= 0:
             raise SpecError(f"{name} must be a non-negative number, got {value}")
 
@@ -190,7 +245,8 @@ def compare(current: pd.DataFrame, baseline: pd.DataFrame, tolerance: float = 0.
         return groups
 
     now, before = keyed(current), {key: rows[0] for key, rows in keyed(baseline).items()}
-    metrics = [c for c in baseline.columns if c.startswith(METRIC_PREFIXES) and c in current.columns]
+    metrics = [c for c in baseline.columns if checked(c) and c in current.columns]
+    allowed_for = {c: tolerance_for(c, tolerance, ssim_tolerance, metric_tolerances) for c in metrics}
     failures, compared = [], 0
     for key, old in before.items():
         label = configuration(dict(zip(keys, key)))
@@ -210,17 +266,19 @@ def compare(current: pd.DataFrame, baseline: pd.DataFrame, tolerance: float = 0.
             was, is_ = float(old[metric]), float(new[metric])
             if math.isnan(was) and math.isnan(is_):
                 continue
-            allowed = tolerance if metric.startswith("psnr_") else ssim_tolerance
+            allowed = allowed_for[metric][0]
             if math.isnan(was) or math.isnan(is_) or abs(is_ - was) > allowed + SLACK:
                 failures.append(Finding("moved", label, metric, was, is_, allowed))
     fresh = tuple(Finding("new", configuration(dict(zip(keys, key))), now=float(row["images"]))
                   for key, rows in now.items() if key not in before for row in rows)
+    others = tuple(dict.fromkeys((label, value) for value, label in allowed_for.values() if label is not None))
     return CheckResult(baseline=baseline_name, failures=tuple(failures), new=fresh, rows=compared,
-                       metrics=len(metrics), tolerance=tolerance, ssim_tolerance=ssim_tolerance, strict=strict)
+                       metrics=len(metrics), tolerance=tolerance, ssim_tolerance=ssim_tolerance, strict=strict,
+                       others=others)
 
 
 def check(out_dir: str | Path, baseline: str | Path, tolerance: float = 0.05, ssim_tolerance: float = 0.005,
-          strict: bool = False) -> CheckResult:
+          strict: bool = False, metric_tolerances: dict | None = None) -> CheckResult:
     """Compare the leaderboard recomputed from `out_dir/results.db` with the `baseline` CSV."""
     from udcbench.runner.store import open_existing
 
@@ -230,4 +288,5 @@ def check(out_dir: str | Path, baseline: str | Path, tolerance: float = 0.05, ss
         rows = store.rows()
     finally:
         store.close()
-    return compare(summarise(rows), reference, tolerance, ssim_tolerance, strict, baseline_name=str(baseline))
+    return compare(summarise(rows), reference, tolerance, ssim_tolerance, strict, baseline_name=str(baseline),
+                   metric_tolerances=metric_tolerances)

@@ -13,10 +13,12 @@ versions lack some settings: they are filled from the run's stored spec where it
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
+
+from udcbench.attacks.base import format_eps  # noqa: F401  (re-exported)
+from udcbench.defenses.base import defense_label  # noqa: F401  (re-exported)
 
 # the classic columns, in the order leaderboards have always shown them
 KEYS = ["model", "weights", "defense", "threat", "attack", "objective", "eps", "steps", "seed"]
@@ -39,16 +41,6 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and value != value)
 
 
-def format_eps(eps: float | None, norm: str | None = "linf") -> str:
-    """8/255 for L∞ budgets on the 1/255 grid, 'L2 1' for L2 budgets, '-' for attacks without one (C&W)."""
-    if _missing(eps):
-        return "-"
-    if norm == "l2":
-        return f"L2 {eps:.4g}"
-    k = eps * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
-
-
 def weights_label(label) -> str:
     if _missing(label):
         return "-"
@@ -59,18 +51,6 @@ def weights_label(label) -> str:
     if label.startswith("none"):
         return "none"
     return Path(label).name
-
-
-def defense_label(spec: str, params: str | None) -> str:
-    """The defense spec, with the t* that purify:auto chose: 'purify:auto+ft' → 'purify:auto(t*=30)+ft'."""
-    if not isinstance(params, str) or "auto" not in spec:
-        return spec
-    chosen = [part["t_star"] for part in json.loads(params) if part.get("component") == "purify" and "auto" in part]
-    parts = spec.split("+")
-    for index, part in enumerate(parts):
-        if part.startswith("purify:") and "auto" in part and chosen:
-            parts[index] = f"{part}(t*={chosen.pop(0)})"
-    return "+".join(parts)
 
 
 def _text(value) -> str:

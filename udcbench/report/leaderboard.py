@@ -12,22 +12,35 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
+from udcbench.metrics.base import (CLEAN_LOSS, MAIN_PAIRS, RESTORATION_PAIRS, UNDEFENDED_PAIRS, column_label, digits,
+                                   is_metric_column, registered)
 from udcbench.report.identity import (IDENTITY, KEYS, RUN, SETTINGS, defense_label, format_eps,  # noqa: F401
                                       label_rows, shared_settings, shown_columns, weights_label)
 
-METRICS = [("psnr_clean_gt", "clean PSNR"), ("ssim_clean_gt", "clean SSIM"),
-           ("psnr_adv_gt", "attacked PSNR"), ("ssim_adv_gt", "attacked SSIM"),
-           ("psnr_adv_clean", "attacked PSNR vs clean out"), ("ssim_adv_clean", "attacked SSIM vs clean out")]
-# shown only when some row has a defense: the same inputs through the bare model, and what the defense costs
-UNDEFENDED = [("psnr_clean_gt_undefended", "undefended clean PSNR"), ("ssim_clean_gt_undefended", "undefended clean SSIM"),
-              ("psnr_adv_gt_undefended", "undefended attacked PSNR"),
-              ("ssim_adv_gt_undefended", "undefended attacked SSIM"), ("psnr_clean_loss", "clean PSNR loss")]
-# shown only when some row has them: LPIPS (runs with --lpips) and black-box query / iteration counts
-OPTIONAL = [("lpips_clean_gt", "clean LPIPS"), ("lpips_adv_gt", "attacked LPIPS"),
-            ("lpips_adv_clean", "attacked LPIPS vs clean out"), ("queries", "queries"), ("iterations", "iterations")]
 # shown when some run's attack has no fixed budget (C&W): the size of δ is then the robustness measure
 NORMS = [("l2", "‖δ‖₂"), ("linf", "‖δ‖∞")]
-DIGITS = {"psnr": 2, "ssim": 4, "lpips": 4, "queries": 0, "iterations": 0, "l2": 4, "linf": 4}
+COUNTS = [("queries", "queries"), ("iterations", "iterations")]  # black-box query / iteration counts
+
+
+def _labelled(columns) -> list[tuple[str, str]]:
+    return [(column, column_label(column)) for column in columns]
+
+
+def metric_groups() -> tuple[list, list, list]:
+    """(main, undefended, optional) (column, label) lists from the registered metrics: the default metrics'
+    clean / attacked / vs-clean-out columns; their undefended columns and the clean PSNR loss (shown when some
+    row has a defense); every further metric's columns, then the query counts (shown when some row has them)."""
+    metrics = registered()
+    main = [f"{m.column}_{pair}" for pair in MAIN_PAIRS for m in metrics if m.default and pair in m.pairs]
+    undefended = [f"{m.column}_{pair}" for pair in UNDEFENDED_PAIRS for m in metrics if m.default and pair in m.pairs]
+    optional = list(dict.fromkeys(f"{m.column}_{pair}" for m in metrics if not m.default
+                                  for pair in RESTORATION_PAIRS if pair in m.pairs))
+    return _labelled(main), _labelled(undefended + [CLEAN_LOSS]), _labelled(optional) + COUNTS
+
+
+def _unregistered(table: pd.DataFrame, known: set) -> list[tuple[str, str]]:
+    """Metric columns of rows scored by metrics not installed here (kept, labelled by their column name)."""
+    return [(c, c) for c in table.columns if c not in known and is_metric_column(c) and table[c].notna().any()]
 
 
 def has_defense(table: pd.DataFrame) -> bool:
@@ -40,21 +53,25 @@ def unbudgeted(table: pd.DataFrame) -> bool:
 
 
 def _metrics(table: pd.DataFrame) -> list[tuple[str, str]]:
-    undefended = [(m, label) for m, label in UNDEFENDED if m in table and table[m].notna().any()]
-    undefended = undefended if has_defense(table) else []
-    optional = [(m, label) for m, label in OPTIONAL if m in table and table[m].notna().any()]
-    norms = [(m, label) for m, label in NORMS if m in table and table[m].notna().any()] if unbudgeted(table) else []
-    return undefended + METRICS + norms + optional
+    main, undefended, optional = metric_groups()
+    known = {column for metric in registered() for column in metric.columns()}
+
+    def present(columns):
+        return [(m, label) for m, label in columns if m in table and table[m].notna().any()]
+
+    norms = present(NORMS) if unbudgeted(table) else []
+    return (present(undefended) if has_defense(table) else []) + main + norms + present(optional) + \
+        _unregistered(table, known)
 
 
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     """One line per run hash: its labels (IDENTITY), the image count and the mean of each metric (PSNR to 2
     decimals, SSIM to 4), sorted by the labels."""
     if rows.empty:
-        return pd.DataFrame(columns=IDENTITY + ["images"] + [m for m, _ in METRICS])
+        return pd.DataFrame(columns=IDENTITY + ["images"] + [m for m, _ in metric_groups()[0]])
     frame = label_rows(rows)
     if "psnr_clean_gt_undefended" in frame:
-        frame["psnr_clean_loss"] = frame["psnr_clean_gt_undefended"] - frame["psnr_clean_gt"]
+        frame[CLEAN_LOSS] = frame["psnr_clean_gt_undefended"] - frame["psnr_clean_gt"]
     metrics = _metrics(frame)
     grouped = frame.groupby(RUN, sort=False)
     table = grouped[[c for c in IDENTITY if c != RUN]].first()
@@ -62,7 +79,7 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     table = table.join(grouped[[m for m, _ in metrics]].mean()).reset_index()
     table = table[IDENTITY + ["images"] + [m for m, _ in metrics]]
     for metric, _ in metrics:
-        table[metric] = table[metric].astype(float).round(DIGITS[metric.split("_")[0]])
+        table[metric] = table[metric].astype(float).round(digits(metric))
     return table.sort_values(IDENTITY, kind="stable").reset_index(drop=True)
 
 
@@ -111,7 +128,7 @@ def to_markdown(table: pd.DataFrame) -> str:
     metrics = _metrics(table)
     keys = shown_columns(table)
     headers = [{RUN: "run"}.get(k, k) for k in keys] + ["images"] + [label for _, label in metrics]
-    formats = [""] * (len(keys) + 1) + [f".{DIGITS[m.split('_')[0]]}f" for m, _ in metrics]
+    formats = [""] * (len(keys) + 1) + [f".{digits(m)}f" for m, _ in metrics]
     cells = table[keys + ["images"] + [m for m, _ in metrics]].astype(object)
     cells = cells.where(cells.notna(), None)  # NaN (no LPIPS, no queries) prints as '-'
     body = tabulate(cells.values.tolist(), headers=headers,

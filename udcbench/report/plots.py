@@ -20,12 +20,11 @@ import pandas as pd
 
 from udcbench.errors import DataError, SpecError
 from udcbench.report.leaderboard import format_eps, write_atomic
-from udcbench.report.tables import DESCRIPTIONS, dimension_frame, resolve_metric, sort_key
+from udcbench.metrics.base import column_metric, description
+from udcbench.report.tables import dimension_frame, resolve_metric, sort_key
 
 DPI = 100
-CLEAN_COUNTERPART = {"psnr_adv_gt": "psnr_clean_gt", "ssim_adv_gt": "ssim_clean_gt",
-                     "lpips_adv_gt": "lpips_clean_gt", "psnr_adv_gt_undefended": "psnr_clean_gt_undefended",
-                     "ssim_adv_gt_undefended": "ssim_clean_gt_undefended"}
+COUNTERPARTS = {"adv_gt": "clean_gt", "adv_gt_undefended": "clean_gt_undefended"}  # attacked -> clean pair
 LINE_DIMENSIONS = ("model", "defense", "threat")
 # shown in a line's label too when they differ between the runs of one subplot
 OTHER_DIMENSIONS = ("weights", "objective", "steps", "seed", "data", "split", "mask", "eot", "settings",
@@ -34,6 +33,14 @@ OTHER_DIMENSIONS = ("weights", "objective", "steps", "seed", "data", "split", "m
 PANEL_IMAGES = (("degraded", "degraded y"), ("adversarial", "attacked y′"), ("restored", "restored f(y)"),
                 ("restored_adv", "restored f(y′)"), ("defended_adv", "defended D(y′)"), ("gt", "ground truth"))
 HEADER, LEFT, GAP = 44, 180, 6  # pixels: column titles, row labels, space between tiles
+
+
+def clean_counterpart(column: str) -> str | None:
+    """The column of the same metric on the clean input (psnr_adv_gt -> psnr_clean_gt), plotted at ε = 0."""
+    found = column_metric(column)
+    if found is None or found[1] not in COUNTERPARTS or COUNTERPARTS[found[1]] not in found[0].pairs:
+        return None
+    return f"{found[0].column}_{COUNTERPARTS[found[1]]}"
 
 
 def _figure(width: float, height: float):
@@ -79,7 +86,7 @@ def eps_curves(rows: pd.DataFrame, metric: str = "psnr_gt") -> dict[tuple[str, s
     if frame.empty:
         raise DataError(f"no stored row has an attack with an eps budget and a value for {column}; a plot "
                         "against eps needs runs of an attack such as pgd at one or more --eps")
-    clean = CLEAN_COUNTERPART.get(column)
+    clean = clean_counterpart(column)
     order: dict[str, tuple] = {}  # line label -> sort key; a label keeps its colour in every subplot
     lines: dict[tuple[str, str], list] = {}
     for attack, norm in sorted({(a, n) for a, n in zip(frame["attack"], frame["norm"])}):
@@ -113,7 +120,7 @@ def psnr_vs_eps(rows: pd.DataFrame, path: str | Path, metric: str = "psnr_gt") -
     column = resolve_metric(metric, rows)
     figure = _figure(max(6.0, 5.0 * len(curves)), 4.6)
     axes = figure.subplots(1, len(curves), squeeze=False)[0]
-    short = DESCRIPTIONS.get(column, column).split(":")[0]
+    short = description(column).split(":")[0]
     for ax, ((attack, norm), lines) in zip(axes, curves.items()):
         for curve in lines:
             ax.errorbar(curve.xs, curve.means, yerr=curve.stds, marker="o", markersize=4, capsize=3,
@@ -123,7 +130,7 @@ def psnr_vs_eps(rows: pd.DataFrame, path: str | Path, metric: str = "psnr_gt") -
         ax.set_ylabel(short)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-    note = "mean ± std over images" + ("; ε = 0: the clean input" if column in CLEAN_COUNTERPART else "")
+    note = "mean ± std over images" + ("; ε = 0: the clean input" if clean_counterpart(column) else "")
     figure.suptitle(f"{short} against the attack budget ε\n{note}", fontsize=10)
     figure.tight_layout()
     return _save(figure, path)

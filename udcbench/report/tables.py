@@ -21,8 +21,9 @@ import pandas as pd
 from tabulate import tabulate
 
 from udcbench.errors import SpecError, UnknownNameError
+from udcbench.metrics.base import CLEAN_LOSS, column_metric, description, digits, higher_is_better  # noqa: F401
+from udcbench.metrics.base import is_metric_column, registered, short_names
 from udcbench.report.identity import DEFAULT_LABELS, label_rows
-from udcbench.report.leaderboard import DIGITS
 
 DIMENSIONS = ("model", "weights", "defense", "threat", "attack", "objective", "eps", "steps", "seed", "data",
               "split", "norm", "eot", "mask", "settings", "batch_size", "eps_batch", "precision", "backend", "scoring",
@@ -31,22 +32,8 @@ DIMENSIONS = ("model", "weights", "defense", "threat", "attack", "objective", "e
 NEW_DIMENSIONS = ("settings", "batch_size", "eps_batch", "precision", "backend", "model_options", "device")
 DEFAULT_ROWS = ("model", "defense")
 DEFAULT_COLUMNS = ("attack", "eps")
-METRIC_NAMES = {"psnr_gt": "psnr_adv_gt", "ssim_gt": "ssim_adv_gt", "lpips_gt": "lpips_adv_gt",
-                "psnr_clean_out": "psnr_adv_clean", "ssim_clean_out": "ssim_adv_clean",
-                "clean_psnr_gt": "psnr_clean_gt", "clean_ssim_gt": "ssim_clean_gt"}
-DESCRIPTIONS = {
-    "psnr_adv_gt": "Attacked PSNR (dB): restored attacked input vs ground truth",
-    "ssim_adv_gt": "Attacked SSIM: restored attacked input vs ground truth",
-    "lpips_adv_gt": "Attacked LPIPS: restored attacked input vs ground truth",
-    "psnr_adv_clean": "PSNR (dB) of the attacked output vs the clean output",
-    "ssim_adv_clean": "SSIM of the attacked output vs the clean output",
-    "lpips_adv_clean": "LPIPS of the attacked output vs the clean output",
-    "psnr_clean_gt": "Clean PSNR (dB): restored clean input vs ground truth",
-    "ssim_clean_gt": "Clean SSIM: restored clean input vs ground truth",
-    "lpips_clean_gt": "Clean LPIPS: restored clean input vs ground truth",
-    "psnr_clean_loss": "Clean PSNR loss (dB) of the defense: undefended minus defended clean PSNR",
-}
-_METRIC_PATTERN = re.compile(r"^(psnr|ssim|lpips|time|objective)_|^(queries|linf|l2)$")
+# measured columns that belong to no metric: timings, objective values, counts, the size of δ
+_OTHER_MEASURES = re.compile(r"^(time|objective)_|^(queries|linf|l2|iterations)$")
 
 
 @dataclass(frozen=True)
@@ -78,27 +65,24 @@ class PivotTable:
 
 
 def metric_columns(rows: pd.DataFrame | None = None) -> list[str]:
-    """Stored columns that hold a metric (psnr_*, ssim_*, lpips_*, queries, ...)."""
+    """Columns that hold a measure: every registered metric's columns, the clean PSNR loss, further metric
+    columns present in `rows`, and the timings, objective values, query counts and ‖δ‖ columns."""
     from udcbench.runner.store import COLUMN_NAMES
 
-    names = list(COLUMN_NAMES) + ([] if rows is None else list(rows.columns))
-    return list(dict.fromkeys(n for n in names + ["psnr_clean_loss"] if _METRIC_PATTERN.match(n)))
+    names = list(COLUMN_NAMES) + [c for m in registered() for c in m.columns()] + [CLEAN_LOSS]
+    names += [] if rows is None else list(rows.columns)
+    return list(dict.fromkeys(n for n in names if is_metric_column(n) or n == CLEAN_LOSS or _OTHER_MEASURES.match(n)))
 
 
 def resolve_metric(name: str, rows: pd.DataFrame | None = None) -> str:
-    """A short name (psnr_gt, ssim_gt, lpips_gt, psnr_clean_out, ...) or a metric column -> the column."""
-    column = METRIC_NAMES.get(name, name)
+    """A short name (psnr_gt, ssim_gt, lpips_gt, psnr_clean_out, clean_psnr_gt, ...) or a metric column ->
+    the column."""
+    names = short_names()
+    column = names.get(name, name)
     if column not in metric_columns(rows):
-        raise UnknownNameError(f"unknown metric {name!r}; use one of {', '.join(METRIC_NAMES)} or a metric "
+        raise UnknownNameError(f"unknown metric {name!r}; use one of {', '.join(names)} or a metric "
                                f"column: {', '.join(metric_columns(rows))}")
     return column
-
-
-def higher_is_better(metric: str) -> bool | None:
-    """True for PSNR / SSIM, False for LPIPS and the clean PSNR loss, None where 'better' means nothing."""
-    if metric == "psnr_clean_loss" or metric.startswith("lpips_"):
-        return False
-    return True if metric.startswith(("psnr_", "ssim_")) else None
 
 
 def _label(value) -> str:
@@ -116,7 +100,7 @@ def dimension_frame(rows: pd.DataFrame) -> pd.DataFrame:
     for dimension in DIMENSIONS:
         frame[dimension] = frame[dimension].map(_label) if dimension in frame else "-"
     if "psnr_clean_gt_undefended" in frame:
-        frame["psnr_clean_loss"] = frame["psnr_clean_gt_undefended"] - frame["psnr_clean_gt"]
+        frame[CLEAN_LOSS] = frame["psnr_clean_gt_undefended"] - frame["psnr_clean_gt"]
     return frame
 
 
@@ -223,12 +207,12 @@ def _varying(frame: pd.DataFrame, dimension: str, pivot_dims: tuple[str, ...]) -
 
 
 def _caption(frame, metric: str, cells: dict, pivot_dims: tuple[str, ...], bold: bool) -> str:
-    description = DESCRIPTIONS.get(metric, metric)
+    text = description(metric)
     if (frame["defense"] != "none").any():
-        description += " (the defended output where a defense is set)"
+        text += " (the defended output where a defense is set)"
     counts = sorted({cell.images for cell in cells.values()})
     spread = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
-    parts = [f"{description}, mean ± std over {spread} image{'s' if counts[-1] > 1 else ''}"]
+    parts = [f"{text}, mean ± std over {spread} image{'s' if counts[-1] > 1 else ''}"]
     for dimension, name in (("threat", "threat model"), ("seed", "seed")):
         values = sort_labels(dimension, set(frame[dimension]))
         parts.append(f"{name}{'s' if len(values) > 1 else ''} {', '.join(values)}")
@@ -271,8 +255,9 @@ def pivot(rows: pd.DataFrame, rows_by=None, cols_by=None, metric: str = "psnr_gt
     column = resolve_metric(metric, rows)
     frame = filter_rows(dimension_frame(rows), parse_where(where))
     if column not in frame or frame[column].isna().all():
+        found = column_metric(column)
         raise SpecError(f"no selected row has a value for {column}; pick another --metric"
-                        + (" or rerun with --lpips" if column.startswith("lpips_") else ""))
+                        + (f" or rerun with --metrics {found[0].name}" if found and not found[0].default else ""))
     frame = frame[frame[column].notna()].copy()
     frame[column] = frame[column].astype(float)
     rows_by, cols_by = _layout(frame, rows_by, cols_by)
@@ -284,8 +269,8 @@ def pivot(rows: pd.DataFrame, rows_by=None, cols_by=None, metric: str = "psnr_gt
         cells[(tuple(key[:len(rows_by)]), tuple(key[len(rows_by):]))] = Cell(float(values.mean()), std, len(values))
     row_keys = tuple(sorted({r for r, _ in cells}, key=_key_order(rows_by)))
     col_keys = tuple(sorted({c for _, c in cells}, key=_key_order(cols_by)))
-    digits = DIGITS.get(column.split("_")[0], 4)
-    best = _best(cells, col_keys, digits, higher_is_better(column))
+    places = digits(column)
+    best = _best(cells, col_keys, places, higher_is_better(column))
     per_row = {}
     for dimension in ("threat", "seed"):
         if dimension not in rows_by + cols_by:
@@ -293,7 +278,7 @@ def pivot(rows: pd.DataFrame, rows_by=None, cols_by=None, metric: str = "psnr_gt
             per_row[dimension] = {tuple(k) if isinstance(k, tuple) else (k,): v for k, v in labels.items()}
     return PivotTable(name=metric, metric=column, rows_by=rows_by, cols_by=cols_by, row_keys=row_keys,
                       col_keys=col_keys, cells=cells, best=best,
-                      caption=_caption(frame, column, cells, rows_by + cols_by, bool(best)), digits=digits,
+                      caption=_caption(frame, column, cells, rows_by + cols_by, bool(best)), digits=places,
                       per_row=per_row)
 
 

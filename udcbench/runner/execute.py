@@ -21,14 +21,15 @@ from datetime import datetime, timezone
 
 import torch
 
-import udcbench
-from udcbench.metrics import psnr, ssim
+from udcbench.metrics.base import score
 from udcbench.spec import image_seed
+from udcbench.version import __version__
 
 
 @dataclass
 class Job:
-    """Everything resolved for one run: what scoring needs, plus the labels written into every row."""
+    """Everything resolved for one run (runner/prepare.py): what scoring needs, and `labels`, the settings written
+    into every row (read only to label rows and reports)."""
 
     run_hash: str
     model: torch.nn.Module
@@ -38,11 +39,15 @@ class Job:
     dataset: object
     device: torch.device
     labels: dict
+    metrics: tuple = ()  # udcbench.metrics.base.Metric descriptors, the default ones first
     mask: object = None  # None, or a function (H, W) -> (1, 1, H, W) mask restricting δ
-    lpips_net: str | None = None  # "alex" / "vgg": also score LPIPS
     adaptive_attack: object = None  # threat "adaptive": the attack run through the defense (EOT-wrapped if random)
     batch_size: int = 1
     precision: str = "fp32"
+    seed: int = 0
+    scoring: str = "float"  # "8bit": outputs rounded to 8 bits before scoring
+    mask_spec: str | None = None  # the mask as given (box:... or a file)
+    defense_params: str | None = None  # the defense's records (JSON), as hashed
     spec: object = None  # the RunSpec it was prepared from
     warnings: list = field(default_factory=list)  # settings that run but mislead (printed by the CLI)
     notes: list = field(default_factory=list)  # how it executes: --memory / --compile decisions (printed by the CLI)
@@ -56,26 +61,18 @@ class Job:
     @property
     def attack_key(self) -> str:
         """What decides the gray-box adversarial example besides the model, images and seed."""
-        return json.dumps([self.attack.name, self.attack.params, self.labels["objective"],
-                           getattr(self.objective, "target", None), self.labels["mask"]], sort_keys=True, default=str)
+        return json.dumps([self.attack.name, self.attack.params, self.objective.name,
+                           getattr(self.objective, "target", None), self.mask_spec], sort_keys=True, default=str)
 
     @property
     def defense_key(self) -> str:
-        return json.dumps([self.defense.spec, self.labels["defense_params"]])
+        return json.dumps([self.defense.spec, self.defense_params])
 
 
 def batch_generator(seed: int, names: list[str], stage: str) -> torch.Generator:
     """The seeded draws of one batch: for a single image exactly those of a run with --batch-size 1 (so results
     do not depend on which other runs share the work); a batch of several images draws once for all of them."""
     return torch.Generator().manual_seed(image_seed(seed, "|".join(names), stage))
-
-
-# the networks whose passes are counted: restoration models and diffusion priors
-def _counted_types() -> tuple[type, ...]:
-    from udcbench.defenses.diffusion import PriorUNet, _DiffusersUNet
-    from udcbench.models.base import RestorationModel
-
-    return RestorationModel, PriorUNet, _DiffusersUNet
 
 
 @dataclass
@@ -115,12 +112,16 @@ class SharedWork:
         self.items.clear()
 
     @contextlib.contextmanager
-    def counting(self):
-        """Count every pass of a restoration model or diffusion prior (per image) while the block runs."""
-        counted = _counted_types()
+    def counting(self, networks=()):
+        """Count every pass of a restoration model, or of one of `networks` (a defense's diffusion prior), per
+        image, while the block runs."""
+        from udcbench.models.base import RestorationModel
+
+        others = {id(network) for network in networks}
 
         def hook(module, inputs):
-            if isinstance(module, counted) and inputs and isinstance(inputs[0], torch.Tensor):
+            counted = isinstance(module, RestorationModel) or id(module) in others
+            if counted and inputs and isinstance(inputs[0], torch.Tensor):
                 images = inputs[0].shape[0] if inputs[0].dim() == 4 else 1
                 grad = torch.is_grad_enabled() and inputs[0].requires_grad
                 self.passes += images * (2 if grad else 1)
@@ -164,7 +165,8 @@ def score_batch(jobs: list[Job], samples: list, work: SharedWork, keep: dict | N
     model = first.model.bind(**{k: inputs[k] for k in first.model.contract.extra_inputs})
     rows: dict[str, list[dict]] = {}
     work.images = len(samples)
-    with work.counting(), _autocast(first):
+    networks = [network for job in jobs for network in job.defense.networks()]
+    with work.counting(networks), _autocast(first):
         for job in jobs:
             rows[job.run_hash] = _score_job(job, model, samples, degraded, gt, work, keep, inputs)
     return rows
@@ -178,35 +180,21 @@ def quantise(image: torch.Tensor, scoring: str) -> torch.Tensor:
 
 def _metrics(job: Job, degraded, gt, clean_output, defended_clean, adversarial, adversarial_output,
              defended_adv, reference) -> dict:
-    """Per-image metrics of one job's batch (float outputs, or 8-bit ones with scoring 8bit); ‖δ‖ in float64."""
-    scoring = job.labels.get("scoring") or "float"
-    gt, clean, adv = (quantise(t, scoring) for t in (gt, clean_output, adversarial_output))
-    defended_clean, defended_adv = quantise(defended_clean, scoring), quantise(defended_adv, scoring)
+    """Per-image values of one job's batch: every metric on each of its pairs (metrics/base.py PAIRS; float
+    outputs, or 8-bit ones with scoring 8bit), ‖δ‖ in float64 and the objective."""
+    images = {"degraded": degraded, "adversarial": adversarial, "gt": quantise(gt, job.scoring),
+              "clean": quantise(clean_output, job.scoring), "adv": quantise(adversarial_output, job.scoring),
+              "defended_clean": quantise(defended_clean, job.scoring),
+              "defended_adv": quantise(defended_adv, job.scoring)}
     delta = (adversarial.double() - degraded.double()).flatten(1)
-    metrics = {
-        "psnr_degraded_gt": psnr(degraded, gt),
-        "psnr_clean_gt": psnr(defended_clean, gt), "ssim_clean_gt": ssim(defended_clean, gt),
-        "psnr_adv_gt": psnr(defended_adv, gt), "ssim_adv_gt": ssim(defended_adv, gt),
-        "psnr_adv_clean": psnr(defended_adv, defended_clean), "ssim_adv_clean": ssim(defended_adv, defended_clean),
-        "psnr_clean_gt_undefended": psnr(clean, gt), "ssim_clean_gt_undefended": ssim(clean, gt),
-        "psnr_adv_gt_undefended": psnr(adv, gt), "ssim_adv_gt_undefended": ssim(adv, gt),
-        "psnr_input_adv": psnr(adversarial, degraded),
-        "linf": delta.abs().max(dim=1).values, "l2": delta.norm(dim=1),
-        "objective_clean": job.objective(clean_output, reference),
-        "objective_adv": job.objective(adversarial_output, reference),
-    }
-    if job.lpips_net is not None:
-        from udcbench.metrics.lpips import lpips
-
-        metrics.update(lpips_clean_gt=lpips(defended_clean, gt, job.lpips_net),
-                       lpips_adv_gt=lpips(defended_adv, gt, job.lpips_net),
-                       lpips_adv_clean=lpips(defended_adv, defended_clean, job.lpips_net))
-    return metrics
+    return {**score(job.metrics, images), "linf": delta.abs().max(dim=1).values, "l2": delta.norm(dim=1),
+            "objective_clean": job.objective(clean_output, reference),
+            "objective_adv": job.objective(adversarial_output, reference)}
 
 
 def _score_job(job: Job, model, samples, degraded, gt, work: SharedWork, keep: dict | None = None,
                inputs: dict | None = None):
-    seed, names = job.labels["seed"], [s.name for s in samples]
+    seed, names = job.seed, [s.name for s in samples]
     started = time.perf_counter()
     with torch.no_grad():  # computed once: the reference and the undefended clean output
         clean_output = work.get("clean output", None, lambda: model(degraded).float())
@@ -279,9 +267,8 @@ def _score_job(job: Job, model, samples, degraded, gt, work: SharedWork, keep: d
                     defended_adv=defended_adv, gt=gt)
     count = len(samples)
     common = dict(job.labels, run_hash=job.run_hash, attack_params=json.dumps(job.attack.params, sort_keys=True),
-                  udcbench_version=udcbench.__version__, torch_version=torch.__version__,
+                  udcbench_version=__version__, torch_version=torch.__version__,
                   created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                  lpips_clean_gt=None, lpips_adv_gt=None, lpips_adv_clean=None,
                   # wall time of the batch, shared out per image
                   time_clean_s=time_clean / count, time_attack_s=time_attack / count, time_eval_s=time_eval / count)
     rows = []
@@ -292,3 +279,23 @@ def _score_job(job: Job, model, samples, degraded, gt, work: SharedWork, keep: d
         row.update({name: value[index].item() for name, value in metrics.items()})
         rows.append(row)
     return rows
+
+
+def run_unit(jobs, indices: list[int]) -> tuple[list[dict], SharedWork]:
+    """Rows of `jobs` (one group) on the images `indices`; images of different sizes form their own batch.
+    Every executor scores a unit with this function, so they produce the same rows."""
+    dataset = jobs[0].dataset
+    samples = [dataset[index] for index in indices]
+    parts, current = [], []
+    for sample in samples:
+        if current and sample.degraded.shape != current[0].degraded.shape:
+            parts.append(current)
+            current = []
+        current.append(sample)
+    parts.append(current)
+    work, rows = SharedWork(), []
+    for part in parts:
+        for job_rows in score_batch(jobs, part, work).values():
+            rows.extend(job_rows)
+        work.clear()
+    return rows, work

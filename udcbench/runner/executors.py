@@ -9,30 +9,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from udcbench.errors import MissingExtraError, SpecError
-from udcbench.runner.execute import SharedWork, score_batch
+from udcbench.errors import SpecError
+from udcbench.runner.execute import SharedWork, run_unit
 from udcbench.runner.plan import Plan, Unit
 
 EXECUTORS = ("local", "ray")
-
-
-def run_unit(jobs, indices: list[int]) -> tuple[list[dict], SharedWork]:
-    """Rows of `jobs` (one group) on the images `indices`; images of different sizes form their own batch."""
-    dataset = jobs[0].dataset
-    samples = [dataset[index] for index in indices]
-    parts, current = [], []
-    for sample in samples:
-        if current and sample.degraded.shape != current[0].degraded.shape:
-            parts.append(current)
-            current = []
-        current.append(sample)
-    parts.append(current)
-    work, rows = SharedWork(), []
-    for part in parts:
-        for job_rows in score_batch(jobs, part, work).values():
-            rows.extend(job_rows)
-        work.clear()
-    return rows, work
 
 
 def execute_plan(plan: Plan, store, progress: Callable[[int, int, str], None] | None = None,
@@ -67,7 +48,3 @@ def execute_plan(plan: Plan, store, progress: Callable[[int, int, str], None] | 
     return {"runs": len(plan.jobs), "images": total, "computed": state["stored"] - skipped, "skipped": skipped,
             "units": len(units), "work": state["work"].as_dict()}
 
-
-def ray_missing() -> MissingExtraError:
-    return MissingExtraError("--executor ray needs Ray, which is not installed; "
-                             "pip install -c constraints.txt 'udcbench[ray]' (or use --executor local)")

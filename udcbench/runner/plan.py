@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from udcbench.errors import SpecError
 from udcbench.runner.execute import Job
+from udcbench.runner.prepare import prepare
 
 
 @dataclass
@@ -72,13 +73,11 @@ def batches(dataset, batch_size: int) -> list[tuple[list[int], list[str]]]:
 
 
 def group_key(job: Job) -> tuple:
-    return (id(job.model), id(job.dataset), job.labels["seed"], job.batch_size, job.precision, str(job.device))
+    return (id(job.model), id(job.dataset), job.seed, job.batch_size, job.precision, str(job.device))
 
 
 def make_plan(specs, prepare_cache: dict | None = None) -> Plan:
     """Prepare every spec (duplicates, same run hash, collapse into one) and group the runs sharing work."""
-    from udcbench.api import prepare
-
     cache = {} if prepare_cache is None else prepare_cache
     jobs, seen = [], set()
     for spec in specs:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from udcbench.errors import MissingExtraError
+from udcbench.runner.execute import run_unit
 from udcbench.runner.plan import Plan, make_plan
 
 _WORKER_CACHE: dict = {}  # per worker process: prepared models, datasets and defenses, reused across tasks
@@ -23,8 +25,6 @@ def score_unit(specs: list, indices: list[int], threads: int) -> tuple[list[dict
     bit-identical to the local executor's on the same kind of machine)."""
     import torch
 
-    from udcbench.runner.executors import run_unit
-
     torch.set_num_threads(threads)
     plan = make_plan(specs, prepare_cache=_WORKER_CACHE)
     if len(plan.groups) != 1:
@@ -32,13 +32,16 @@ def score_unit(specs: list, indices: list[int], threads: int) -> tuple[list[dict
     return run_unit(plan.groups[0].jobs, indices)
 
 
+def ray_missing() -> MissingExtraError:
+    return MissingExtraError("--executor ray needs Ray, which is not installed; "
+                             "pip install -c constraints.txt 'udcbench[ray]' (or use --executor local)")
+
+
 def run_with_ray(plan: Plan, units, finished, address: str | None = None, gpus_per_task: float | None = None,
                  num_cpus: int | None = None) -> None:
     try:
         import ray
     except ImportError:
-        from udcbench.runner.executors import ray_missing
-
         raise ray_missing() from None
     started_here = not ray.is_initialized()
     if started_here:

@@ -1,5 +1,9 @@
 """The results store: SQLite, one row per (run hash, image); the rows of one batch go in one transaction.
 
+The columns are COLUMNS (those of the built-in metrics included, in their historical order) plus one REAL column
+per (metric, pair) of any further metric a run scored (`grad_gap_adv_gt`), added when its first row arrives; a
+row leaves the metric columns it did not score NULL.
+
 A killed run leaves only whole rows behind; rerunning the same spec skips the images already stored, and the
 primary key makes a doubled row impossible. Leaderboards are always recomputed from these rows.
 """
@@ -13,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from udcbench.errors import StoreError
+from udcbench.metrics.base import is_metric_column
 from udcbench.spec import describe_settings
 
 # (column, SQL type) — the order is the CSV / DataFrame column order
@@ -58,12 +63,27 @@ class ResultStore:
         except sqlite3.DatabaseError as error:
             raise StoreError(f"cannot use results database {path}: {error}; move it away or pick another --out")
         missing = [(name, kind) for name, kind in COLUMNS if name not in found]
-        if set(found) - set(COLUMN_NAMES) or any(name in ("run_hash", "image") for name, _ in missing):
+        self.extra = [name for name in found if name not in COLUMN_NAMES]  # further metrics' columns
+        if not all(map(is_metric_column, self.extra)) or any(name in ("run_hash", "image") for name, _ in missing):
             raise StoreError(f"{path} was written by an incompatible udcbench version (columns differ); "
                              "pick a new --out folder")
         with self.conn:  # a store from an older udcbench gains the new columns (NULL in its old rows)
             for name, kind in missing:
                 self.conn.execute(f"ALTER TABLE results ADD COLUMN {name} {kind}")
+
+    @property
+    def columns(self) -> list[str]:
+        return list(COLUMN_NAMES) + self.extra
+
+    def _add_metric_columns(self, rows: list[dict]) -> None:
+        """Columns for metrics this store has not seen yet (in the caller's transaction)."""
+        for row in rows:
+            for name in row:
+                if name not in COLUMN_NAMES and name not in self.extra:
+                    if not is_metric_column(name):
+                        raise StoreError(f"internal error: result row has the unknown column {name!r}")
+                    self.conn.execute(f"ALTER TABLE results ADD COLUMN {name} REAL")
+                    self.extra.append(name)
 
     def register_run(self, run_hash: str, spec: dict) -> None:
         with self.conn:
@@ -78,20 +98,23 @@ class ResultStore:
         return self.add_many([row]) == 1
 
     def add_many(self, rows: list[dict]) -> int:
-        """Insert rows in one transaction (all or none); returns how many were new."""
-        marks = ", ".join("?" for _ in COLUMN_NAMES)
+        """Insert rows in one transaction (all or none); returns how many were new. Metric columns a row lacks
+        stay NULL (a metric the run did not score); any other missing column is an internal error."""
         for row in rows:
-            missing = set(COLUMN_NAMES) - set(row)
+            missing = [name for name in COLUMN_NAMES if name not in row and not is_metric_column(name)]
             if missing:
                 raise StoreError(f"internal error: result row lacks {sorted(missing)}")
         with self.conn:
+            self._add_metric_columns(rows)
+            columns = self.columns
+            marks = ", ".join("?" for _ in columns)
             before = self.conn.total_changes
-            self.conn.executemany(f"INSERT OR IGNORE INTO results ({', '.join(COLUMN_NAMES)}) VALUES ({marks})",
-                                  [[row[name] for name in COLUMN_NAMES] for row in rows])
+            self.conn.executemany(f"INSERT OR IGNORE INTO results ({', '.join(columns)}) VALUES ({marks})",
+                                  [[row.get(name) for name in columns] for row in rows])
             return self.conn.total_changes - before
 
     def rows(self, run_hash: str | None = None) -> pd.DataFrame:
-        query = f"SELECT {', '.join(COLUMN_NAMES)} FROM results"
+        query = f"SELECT {', '.join(self.columns)} FROM results"
         args: tuple = ()
         if run_hash is not None:
             query, args = query + " WHERE run_hash = ?", (run_hash,)

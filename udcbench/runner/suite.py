@@ -18,7 +18,8 @@
     eps_batch: false                  # true: the ε values of one PGD setting run as one batch (gray-box)
     memory: auto                      # low: activation checkpointing; normal: never; auto: only if needed
     compile: false                    # true: torch.compile the networks (eager where slower or unequal)
-    lpips: null                       # alex | vgg: also score LPIPS
+    metrics: [lpips-alex]             # scored besides PSNR and SSIM (`udcbench list metrics`; pyiqa:NAME)
+    lpips: null                       # alex | vgg: also score LPIPS (the same as metrics: [lpips-NET])
     eot: null
 
 Every key is checked: an unknown key, or an attack parameter the attack does not have, is an error naming the
@@ -38,8 +39,8 @@ from udcbench.errors import SpecError
 from udcbench.spec import AttackSpec, DataSpec, DefenseSpec, ModelSpec, RunSpec
 
 TOP_KEYS = ("suite", "description", "data", "split", "limit", "seed", "seeds", "models", "attacks", "defenses",
-            "threats", "exclude", "device", "batch_size", "precision", "scoring", "lpips", "eot", "eps_batch", "memory",
-            "compile")
+            "threats", "exclude", "device", "batch_size", "precision", "scoring", "lpips", "metrics", "eot",
+            "eps_batch", "memory", "compile")
 EXCLUDE_KEYS = ("model", "attack", "eps", "defense", "threat", "seed", "data")
 ATTACK_KEYS = ("name", "objective", "mask")  # besides the attack's own parameters
 DATA_KEYS = ("name", "split", "limit")
@@ -63,6 +64,7 @@ class Suite:
     memory: str = "auto"
     compile: bool = False
     lpips: str | None = None
+    metrics: list[str] = field(default_factory=list)
     eot: int | None = None
     exclude: list[dict] = field(default_factory=list)
     skipped: int = 0  # adaptive × no-defense combinations folded into gray-box
@@ -83,6 +85,7 @@ class Suite:
                 continue
             specs.append(RunSpec(model=model, attack=attack, defense=DefenseSpec(defense), data=data, seed=seed,
                                  device=self.device, threat=threat, lpips=self.lpips, eot=self.eot,
+                                 metrics=tuple(self.metrics),
                                  batch_size=self.batch_size, precision=self.precision, scoring=self.scoring,
                                  memory=self.memory, compile=bool(self.compile)))
         return stack_eps(specs) if self.eps_batch else specs
@@ -226,6 +229,8 @@ def load_suite(path: str | Path) -> Suite:
     for key in ("device", "batch_size", "precision", "scoring", "lpips", "eot", "eps_batch", "memory", "compile"):
         if key in data:
             setattr(suite, key, data[key])
+    if "metrics" in data:
+        suite.metrics = [str(v) for v in _as_list(data["metrics"])]
     empty = [key for key in ("models", "attacks", "defenses", "threats", "seeds") if not getattr(suite, key)]
     if empty:
         raise SpecError(f"{path}: {', '.join(empty)} is empty; list at least one value")

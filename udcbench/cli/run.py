@@ -10,8 +10,12 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from udcbench.cli import app, attack_variant, console, errors, fail, parse_attack_params, show_table
+from udcbench.cli.common import attack_variant, console, errors, parse_attack_params
+from udcbench.cli.show import show_table
 from udcbench.errors import UdcbenchError
+from udcbench.runner.prepare import prepare
+from udcbench.runner.run import run as run_spec
+from udcbench.runner.run import run_suite
 
 
 def split_values(values: list[str], default: str, commas: bool = True) -> list[str]:
@@ -44,7 +48,6 @@ def command_line_suite(models, attacks, defenses, eps_values, threats, seed, nor
                  attacks=settings, defenses=defenses, threats=threats, seeds=[seed])
 
 
-@app.command()
 def run(
     model: list[str] = typer.Option([], "--model", "-m", help="Model name or family (`udcbench list models`), "
                                     "with options as NAME:KEY=VALUE (e.g. uformer-t:train_patch=256); repeat or "
@@ -69,8 +72,12 @@ def run(
     surrogate: Optional[str] = typer.Option(None, "--surrogate", help="Surrogate model of the transfer attack."),
     objective: str = typer.Option("mse-clean", "--objective", help="What the attack maximises: mse-clean, mse-gt, "
                                   "l1-clean, lpips-clean, targeted:input or targeted:IMAGE."),
+    metrics: list[str] = typer.Option([], "--metrics", help="Metrics scored besides PSNR and SSIM (always "
+                                      "scored), comma-separated: lpips-alex, lpips-vgg, pyiqa:NAME or any "
+                                      "registered one (`udcbench list metrics`), e.g. --metrics "
+                                      "psnr,ssim,lpips-alex."),
     lpips: Optional[str] = typer.Option(None, "--lpips", help="Also score LPIPS with this backbone (alex or "
-                                        "vgg; needs local weights, see README)."),
+                                        "vgg; needs local weights, see README); the same as --metrics lpips-NET."),
     mask: Optional[str] = typer.Option(None, "--mask", help="Restrict δ to a region: box:TOP,LEFT,HEIGHT,WIDTH "
                                        "(fractions) or a PNG (white = may change)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Checkpoint file, or 'random' (default: bundled)."),
@@ -110,37 +117,36 @@ def run(
     adversarial examples between runs; rerunning an interrupted command finishes only what is missing."""
     from udcbench.runner.suite import load_suite
 
-    try:
-        if limit is not None and limit < 1:
-            raise UdcbenchError(f"--limit must be at least 1, got {limit}")
-        if suite is not None:
-            clashing = [flag for flag, value in (("--model", model), ("--attack", attack), ("--defense", defense),
-                                                 ("--eps", eps), ("--threat", threat)) if value]
-            if clashing:
-                raise UdcbenchError(f"{', '.join(clashing)} cannot be combined with --suite; edit {suite} instead")
-            plan_suite = load_suite(suite)
-            if limit is not None:  # a quick look at a suite: fewer images of each of its datasets
-                plan_suite.data = [dataclasses.replace(d, limit=limit) for d in plan_suite.data]
-        else:
-            params = {"steps": steps, "alpha": alpha, "restarts": restarts, "queries": queries,
-                      "surrogate": surrogate, **parse_attack_params(attack_param)}
-            plan_suite = command_line_suite(
-                split_values(model, "uformer"), split_values(attack, "pgd"), split_values(defense, "none", False),
-                split_values(eps, None) if eps else [], split_values(threat, "gray-box"), seed, norm, params,
-                objective, mask, weights, data, split, limit)
-            plan_suite.lpips, plan_suite.eot = lpips, eot
-        for key, value in (("device", device), ("batch_size", batch_size), ("precision", precision),
-                           ("scoring", scoring), ("memory", memory), ("eps_batch", eps_batch or None),
-                           ("compile", compile or None)):
-            if value is not None:
-                setattr(plan_suite, key, value)
-        specs = plan_suite.specs()
-        if len(specs) == 1 and suite is None and executor == "local":
-            run_single(specs[0], out)
-        else:
-            run_many(plan_suite, specs, out, executor, address, gpus_per_task, suite)
-    except UdcbenchError as error:
-        fail(error)
+    if limit is not None and limit < 1:
+        raise UdcbenchError(f"--limit must be at least 1, got {limit}")
+    if suite is not None:
+        clashing = [flag for flag, value in (("--model", model), ("--attack", attack), ("--defense", defense),
+                                             ("--eps", eps), ("--threat", threat)) if value]
+        if clashing:
+            raise UdcbenchError(f"{', '.join(clashing)} cannot be combined with --suite; edit {suite} instead")
+        plan_suite = load_suite(suite)
+        if limit is not None:  # a quick look at a suite: fewer images of each of its datasets
+            plan_suite.data = [dataclasses.replace(d, limit=limit) for d in plan_suite.data]
+    else:
+        params = {"steps": steps, "alpha": alpha, "restarts": restarts, "queries": queries,
+                  "surrogate": surrogate, **parse_attack_params(attack_param)}
+        plan_suite = command_line_suite(
+            split_values(model, "uformer"), split_values(attack, "pgd"), split_values(defense, "none", False),
+            split_values(eps, None) if eps else [], split_values(threat, "gray-box"), seed, norm, params,
+            objective, mask, weights, data, split, limit)
+        plan_suite.lpips, plan_suite.eot = lpips, eot
+    if metrics:  # added to a suite's own metrics
+        plan_suite.metrics = list(dict.fromkeys(plan_suite.metrics + split_values(metrics, "")))
+    for key, value in (("device", device), ("batch_size", batch_size), ("precision", precision),
+                       ("scoring", scoring), ("memory", memory), ("eps_batch", eps_batch or None),
+                       ("compile", compile or None)):
+        if value is not None:
+            setattr(plan_suite, key, value)
+    specs = plan_suite.specs()
+    if len(specs) == 1 and suite is None and executor == "local":
+        run_single(specs[0], out)
+    else:
+        run_many(plan_suite, specs, out, executor, address, gpus_per_task, suite)
 
 
 def progress_bar(total: int, description: str):
@@ -156,10 +162,9 @@ def progress_bar(total: int, description: str):
 
 
 def run_single(spec, out: Path) -> None:
-    from udcbench import api
     from udcbench.report import leaderboard
 
-    job = api.prepare(spec)
+    job = prepare(spec)
     info = job.model.info
     if info.resolved_from:
         console.print(f"model [bold]{info.resolved_from}[/] → [bold]{info.name}[/] (the configuration with "
@@ -167,7 +172,7 @@ def run_single(spec, out: Path) -> None:
     if info.weights == "random":
         console.print("[yellow]warning:[/] random (untrained) weights; the leaderboard marks them")
     console.print(f"{info.name} · {job.attack.describe()} · objective {job.objective.name} · "
-                  f"defense {leaderboard.defense_label(job.defense.spec, job.labels['defense_params'])} "
+                  f"defense {leaderboard.defense_label(job.defense.spec, job.defense_params)} "
                   f"· threat {job.labels['threat']} "
                   f"· {job.dataset.info.name} ({len(job.dataset)} images) · seed {spec.seed} · {job.device} · "
                   f"run {job.run_hash}")
@@ -177,7 +182,7 @@ def run_single(spec, out: Path) -> None:
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     bar, progress = progress_bar(len(job.dataset), "attacking")
     with bar:
-        frame = api.run(spec, out=out, progress=progress, job=job)
+        frame = run_spec(spec, out=out, progress=progress, job=job)
     if frame.attrs.get("skipped"):
         console.print(f"resumed: {frame.attrs['skipped']} images already in {out / 'results.db'}, "
                       f"{frame.attrs['computed']} computed now")
@@ -185,7 +190,6 @@ def run_single(spec, out: Path) -> None:
 
 
 def run_many(plan_suite, specs, out: Path, executor: str, address, gpus_per_task, suite_file) -> None:
-    from udcbench import api
     from udcbench.runner.plan import make_plan
 
     plan = make_plan(specs)  # every run validated and resolved before anything is written
@@ -202,7 +206,7 @@ def run_many(plan_suite, specs, out: Path, executor: str, address, gpus_per_task
     bar, progress = progress_bar(plan.images, "running")
     try:
         with bar:
-            frame = api.run_suite(specs, out=out, progress=progress, executor=executor, address=address,
+            frame = run_suite(specs, out=out, progress=progress, executor=executor, address=address,
                                   gpus_per_task=gpus_per_task, plan=plan)
     except KeyboardInterrupt:
         errors.print(f"interrupted: every finished batch is stored in {out / 'results.db'}; run the same command "
@@ -242,3 +246,6 @@ def show_leaderboard(out: Path) -> None:
     comparison = leaderboard.threat_comparison(table)
     if not comparison.empty:
         show_table(comparison, "gray-box vs adaptive (defended attacked PSNR)")
+
+
+COMMANDS = {"run": run}  # name -> function, in --help order

@@ -1,4 +1,4 @@
-"""`udcbench synth` and `udcbench psf`: the capture simulator from the command line (registered on cli.app)."""
+"""`udcbench synth` and `udcbench psf`: the capture simulator from the command line."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Optional
 import numpy as np
 import typer
 
-from udcbench.cli import app, console, fail
-from udcbench.errors import SpecError, UdcbenchError
+from udcbench.cli.common import console
+from udcbench.errors import SpecError
 
 
 def _optics(focal_mm: float, aperture_mm: float, pixel_um: float, psf_size: Optional[int],
@@ -53,7 +53,6 @@ SPECTRUM = typer.Option(None, "--spectrum", help="CSV nm,r,g,b: a spectral weigh
                         "single wavelengths.")
 
 
-@app.command()
 def synth(
     display: str = DISPLAY,
     src: str = typer.Option(..., "--src", help="Folder of clean photos (PNG/JPEG; .npy HDR with --hdr), or "
@@ -75,23 +74,20 @@ def synth(
     """Make a UDC dataset from clean photos with the physics simulator (PSF, blur, noise, HDR)."""
     from udcbench.data.make import SynthConfig, fit_optics, make_dataset, resolve_display
 
-    try:
-        optics = _optics(focal_mm, aperture_mm, pixel_um, psf_size, wavelengths, spectrum)
-        optics = fit_optics(resolve_display(SynthConfig(display=display, pitch_um=pitch_um, opening=opening)),
-                            optics, psf_size=psf_size is None)
-        config = SynthConfig(display=display, size=size, noise=noise, hdr=hdr, layout=layout,
-                             test_fraction=test_fraction, seed=seed, pitch_um=pitch_um, opening=opening)
-        meta = make_dataset(src, out, config, optics,
-                            progress=lambda done, total, name: console.print(f"[{done}/{total}] {name}",
-                                                                             highlight=False))
-        sim = meta["simulation"]
-        fmt = "synth" if layout == "synth" else "mipi"
-        console.print(f"wrote {out}: {len(meta['splits']['train'])} train + {len(meta['splits']['test'])} test "
-                      f"pairs ({meta['file_kind']}), display {sim['display']['name']} (opening ratio "
-                      f"{sim['opening_ratio']:.3f}), PSF picture {out / 'psf.png'}", highlight=False)
-        console.print(f"use it: udcbench run --data {fmt}:{out}", highlight=False)
-    except UdcbenchError as error:
-        fail(error)
+    optics = _optics(focal_mm, aperture_mm, pixel_um, psf_size, wavelengths, spectrum)
+    optics = fit_optics(resolve_display(SynthConfig(display=display, pitch_um=pitch_um, opening=opening)),
+                        optics, psf_size=psf_size is None)
+    config = SynthConfig(display=display, size=size, noise=noise, hdr=hdr, layout=layout,
+                         test_fraction=test_fraction, seed=seed, pitch_um=pitch_um, opening=opening)
+    meta = make_dataset(src, out, config, optics,
+                        progress=lambda done, total, name: console.print(f"[{done}/{total}] {name}",
+                                                                         highlight=False))
+    sim = meta["simulation"]
+    fmt = "synth" if layout == "synth" else "mipi"
+    console.print(f"wrote {out}: {len(meta['splits']['train'])} train + {len(meta['splits']['test'])} test "
+                  f"pairs ({meta['file_kind']}), display {sim['display']['name']} (opening ratio "
+                  f"{sim['opening_ratio']:.3f}), PSF picture {out / 'psf.png'}", highlight=False)
+    console.print(f"use it: udcbench run --data {fmt}:{out}", highlight=False)
 
 
 def psf_summary(psf: np.ndarray, display, optics) -> list[str]:
@@ -114,7 +110,6 @@ def _wavelength(optics, channel: int) -> float:
     return sum(nm * weight for nm, weight in pairs) / total
 
 
-@app.command()
 def psf(
     display: str = DISPLAY,
     out: Path = typer.Option(Path("psf.png"), "--out", "-o", help="PNG picture to write (log scale); a .npy "
@@ -131,32 +126,32 @@ def psf(
     from udcbench.data import synth as simulator
     from udcbench.data.make import SynthConfig, fit_optics, resolve_display
 
-    try:
-        if out.suffix.lower() != ".png":
-            raise SpecError(f"--out must name a .png file, got {out}")
-        if decades < 1:
-            raise SpecError(f"--decades must be at least 1, got {decades}")
-        optics = _optics(focal_mm, aperture_mm, pixel_um, psf_size, wavelengths, spectrum)
-        chosen = resolve_display(SynthConfig(display=display, pitch_um=pitch_um, opening=opening))
-        optics = fit_optics(chosen, optics, psf_size=psf_size is None)
-        kernel = simulator.simulate_psf(chosen, optics)
-        picture = simulator.psf_picture(kernel, decades=decades)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        for target, write in ((out, lambda f: Image.fromarray(picture).save(f, format="PNG")),
-                              (out.with_suffix(".npy"), lambda f: np.save(f, kernel.astype(np.float32)))):
-            handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-            try:
-                with os.fdopen(handle, "wb") as file:
-                    write(file)
-                os.replace(temporary, target)
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
-        console.print(f"wrote {out} ({picture.shape[1]}×{picture.shape[0]}, log scale, {decades} decades) and "
-                      f"{out.with_suffix('.npy')}: display {chosen.name}, pitch {chosen.pitch_um:g} µm, opening "
-                      f"ratio {chosen.opening_ratio:.3f}, f {optics.focal_mm:g} mm, D {optics.aperture_mm:g} mm, "
-                      f"pixel {optics.sensor_pixel_um:g} µm", highlight=False)
-        for line in psf_summary(kernel, chosen, optics):
-            console.print("  " + line, highlight=False)
-    except UdcbenchError as error:
-        fail(error)
+    if out.suffix.lower() != ".png":
+        raise SpecError(f"--out must name a .png file, got {out}")
+    if decades < 1:
+        raise SpecError(f"--decades must be at least 1, got {decades}")
+    optics = _optics(focal_mm, aperture_mm, pixel_um, psf_size, wavelengths, spectrum)
+    chosen = resolve_display(SynthConfig(display=display, pitch_um=pitch_um, opening=opening))
+    optics = fit_optics(chosen, optics, psf_size=psf_size is None)
+    kernel = simulator.simulate_psf(chosen, optics)
+    picture = simulator.psf_picture(kernel, decades=decades)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for target, write in ((out, lambda f: Image.fromarray(picture).save(f, format="PNG")),
+                          (out.with_suffix(".npy"), lambda f: np.save(f, kernel.astype(np.float32)))):
+        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        try:
+            with os.fdopen(handle, "wb") as file:
+                write(file)
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+    console.print(f"wrote {out} ({picture.shape[1]}×{picture.shape[0]}, log scale, {decades} decades) and "
+                  f"{out.with_suffix('.npy')}: display {chosen.name}, pitch {chosen.pitch_um:g} µm, opening "
+                  f"ratio {chosen.opening_ratio:.3f}, f {optics.focal_mm:g} mm, D {optics.aperture_mm:g} mm, "
+                  f"pixel {optics.sensor_pixel_um:g} µm", highlight=False)
+    for line in psf_summary(kernel, chosen, optics):
+        console.print("  " + line, highlight=False)
+
+
+COMMANDS = {"synth": synth, "psf": psf}  # name -> function, in --help order

@@ -1,5 +1,5 @@
 """`udcbench leaderboard`, `udcbench check` and `udcbench plot`: tables, the CI gate and figures of a run
-folder, all recomputed from its stored rows (registered on cli.app)."""
+folder, all recomputed from its stored rows."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from udcbench.cli import app, console, fail
-from udcbench.errors import DataError, SpecError, UdcbenchError
+from udcbench.cli.common import console
+from udcbench.errors import DataError, SpecError
 
 notes = Console(stderr=True)  # 'wrote FILE' goes to stderr, so the table on stdout can be redirected
 SUFFIXES = {"md": "md", "csv": "csv", "latex": "tex", "html": "html"}
@@ -49,7 +49,6 @@ def _write(path: Path, text: str) -> Path:
     return write_atomic(path, text)
 
 
-@app.command("leaderboard")
 def leaderboard_(
     directory: Path = typer.Argument(..., help="A --out folder of `udcbench run`."),
     format: Format = typer.Option(Format.md, "--format", "-f", help="md, csv, latex or html (printed and written)."),
@@ -71,27 +70,23 @@ def leaderboard_(
     (mean ± std over images; with --rows/--cols/--metric/--where, and always for latex and html)."""
     from udcbench.report import leaderboard, tables
 
-    try:
-        stored = stored_rows(directory)
-        if rows is None and cols is None and metric is None and not where and format in (Format.md, Format.csv):
-            table = leaderboard.summarise(stored)
-            text = leaderboard.to_markdown(table) if format is Format.md else leaderboard.to_csv(table)
-            if output is None:
-                leaderboard.write(table, directory, formats=(format.value,))
-            else:
-                _write(output, text)
-            sys.stdout.write(text)
-            return
-        table = tables.pivot(stored, _dimensions(rows), _dimensions(cols), metric or "psnr_gt", where)
-        text = tables.RENDERERS[format.value](table)
-        path = _write(output or directory / f"table-{table.name}.{SUFFIXES[format.value]}", text)
+    stored = stored_rows(directory)
+    if rows is None and cols is None and metric is None and not where and format in (Format.md, Format.csv):
+        table = leaderboard.summarise(stored)
+        text = leaderboard.to_markdown(table) if format is Format.md else leaderboard.to_csv(table)
+        if output is None:
+            leaderboard.write(table, directory, formats=(format.value,))
+        else:
+            _write(output, text)
         sys.stdout.write(text)
-        notes.print(f"wrote {escape(str(path))}", highlight=False, soft_wrap=True)
-    except UdcbenchError as error:
-        fail(error)
+        return
+    table = tables.pivot(stored, _dimensions(rows), _dimensions(cols), metric or "psnr_gt", where)
+    text = tables.RENDERERS[format.value](table)
+    path = _write(output or directory / f"table-{table.name}.{SUFFIXES[format.value]}", text)
+    sys.stdout.write(text)
+    notes.print(f"wrote {escape(str(path))}", highlight=False, soft_wrap=True)
 
 
-@app.command("check")
 def check_(
     directory: Path = typer.Argument(..., help="A --out folder of `udcbench run`."),
     baseline: Path = typer.Option(Path("leaderboards/ci.csv"), "--baseline", help="Committed leaderboard CSV "
@@ -100,15 +95,16 @@ def check_(
     ssim_tolerance: float = typer.Option(0.005, "--ssim-tolerance", help="Largest allowed move of an SSIM or "
                                          "LPIPS column."),
     strict: bool = typer.Option(False, "--strict", help="Also fail on configurations the baseline lacks."),
+    metric_tolerance: list[str] = typer.Option([], "--metric-tolerance", help="NAME=VALUE: largest allowed move "
+                                               "of another metric's columns (default: its registered tolerance; "
+                                               "`udcbench list metrics`); repeatable."),
 ) -> None:
     """CI gate: fail (exit 1) when the leaderboard of DIR lost a baseline configuration, changed an image
     count, or moved a metric beyond the tolerance. Each offending cell is printed on its own line."""
     from udcbench.report import check
 
-    try:
-        result = check.check(directory, baseline, tolerance, ssim_tolerance, strict)
-    except UdcbenchError as error:
-        fail(error)
+    result = check.check(directory, baseline, tolerance, ssim_tolerance, strict,
+                         metric_tolerances=check.parse_metric_tolerances(metric_tolerance))
     for finding in result.failures:
         console.print(f"FAIL {finding.describe()}", markup=False, highlight=False, soft_wrap=True, style="red")
     for finding in result.new:
@@ -121,15 +117,11 @@ def check_(
 
 
 def _replay():
-    try:
-        from udcbench.api import replay
-    except ImportError:
-        raise UdcbenchError("this udcbench has no udcbench.api.replay, which the image grid needs; "
-                            "update udcbench, or use the psnr_vs_eps.png written alone") from None
-    return replay
+    from udcbench.runner import run
+
+    return run.replay  # looked up at call time (tests replace it)
 
 
-@app.command("plot")
 def plot(
     directory: Path = typer.Argument(..., help="A --out folder of `udcbench run`."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the PNGs (default: DIR)."),
@@ -143,30 +135,30 @@ def plot(
     through the chosen runs: y, y′, f(y), f(y′), the defended output, ground truth, amplified δ)."""
     from udcbench.report import plots
 
+    stored = stored_rows(directory)
+    hashes = plots.choose_runs(stored, run or None)  # check --run and --image before drawing anything
+    name = plots.choose_image(stored, hashes, image)
+    folder = out or directory
+    if folder.exists() and not folder.is_dir():
+        raise SpecError(f"--out {folder} is a file; pass a folder")
+    folder.mkdir(parents=True, exist_ok=True)
     try:
-        stored = stored_rows(directory)
-        hashes = plots.choose_runs(stored, run or None)  # check --run and --image before drawing anything
-        name = plots.choose_image(stored, hashes, image)
-        folder = out or directory
-        if folder.exists() and not folder.is_dir():
-            raise SpecError(f"--out {folder} is a file; pass a folder")
-        folder.mkdir(parents=True, exist_ok=True)
-        try:
-            path = plots.psnr_vs_eps(stored, folder / "psnr_vs_eps.png", metric)
-            console.print(f"wrote {escape(str(path))}", highlight=False, soft_wrap=True)
-        except DataError as error:
-            console.print(f"[yellow]skipped psnr_vs_eps.png:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-        replay = _replay()
-        runs = plots.runs_table(stored).set_index("run_hash")
-        panels = []
-        for run_hash in hashes:
-            panel = dict(replay(directory, run_hash, name))
-            panel.setdefault("label", runs.loc[run_hash, "label"])
-            panel.setdefault("eps", runs.loc[run_hash, "eps_value"])
-            panel.setdefault("norm", runs.loc[run_hash, "norm"])
-            panels.append(panel)
-        layout = plots.image_grid(panels, folder / "image_grid.png")
-        console.print(f"wrote {escape(str(layout.path))} (image {escape(name)}; runs {', '.join(hashes)})",
-                      highlight=False, soft_wrap=True)
-    except UdcbenchError as error:
-        fail(error)
+        path = plots.psnr_vs_eps(stored, folder / "psnr_vs_eps.png", metric)
+        console.print(f"wrote {escape(str(path))}", highlight=False, soft_wrap=True)
+    except DataError as error:
+        console.print(f"[yellow]skipped psnr_vs_eps.png:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+    replay = _replay()
+    runs = plots.runs_table(stored).set_index("run_hash")
+    panels = []
+    for run_hash in hashes:
+        panel = dict(replay(directory, run_hash, name))
+        panel.setdefault("label", runs.loc[run_hash, "label"])
+        panel.setdefault("eps", runs.loc[run_hash, "eps_value"])
+        panel.setdefault("norm", runs.loc[run_hash, "norm"])
+        panels.append(panel)
+    layout = plots.image_grid(panels, folder / "image_grid.png")
+    console.print(f"wrote {escape(str(layout.path))} (image {escape(name)}; runs {', '.join(hashes)})",
+                  highlight=False, soft_wrap=True)
+
+
+COMMANDS = {"leaderboard": leaderboard_, "check": check_, "plot": plot}  # name -> function, in --help order

@@ -1,4 +1,4 @@
-"""`udcbench finetune` and `udcbench train-prior`: how the defense weights are made (registered on cli.app)."""
+"""`udcbench finetune` and `udcbench train-prior`: how the defense weights are made."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ from typing import Optional
 
 import typer
 
-from udcbench.cli import app, console, fail, invoked_command, step_logger
-from udcbench.errors import UdcbenchError
+from udcbench.cli.common import console, invoked_command, step_logger
+from udcbench.errors import SpecError
 
 
-@app.command()
 def finetune(
     model: str = typer.Option("uformer", "--model", "-m", help="Model to fine-tune (from its bundled weights)."),
     defense: str = typer.Option("purify", "--defense", "-d", help="Input defense the model learns to follow "
@@ -32,18 +31,14 @@ def finetune(
     """Fine-tune a restoration model on purified (defended) inputs, as the reference study does."""
     from udcbench.defenses.finetune import FinetuneConfig, finetune as run_finetune
 
-    try:
-        config = FinetuneConfig(model=model, defense=defense, data=data, steps=steps, batch_size=batch_size,
-                                crop=crop, lr=lr, t_min=t_min, t_max=t_max, adv=adv,
-                                vgg19=None if vgg19 is None else str(vgg19), seed=seed)
-        meta = run_finetune(config, out, command=invoked_command(), progress=step_logger(steps))
-        console.print(f"saved {out} ({meta['loss']}): test PSNR {meta['test_psnr_degraded']} dB (degraded) → "
-                      f"{meta['test_psnr_restored']} dB (restored, undefended inputs)")
-    except UdcbenchError as error:
-        fail(error)
+    config = FinetuneConfig(model=model, defense=defense, data=data, steps=steps, batch_size=batch_size,
+                            crop=crop, lr=lr, t_min=t_min, t_max=t_max, adv=adv,
+                            vgg19=None if vgg19 is None else str(vgg19), seed=seed)
+    meta = run_finetune(config, out, command=invoked_command(), progress=step_logger(steps))
+    console.print(f"saved {out} ({meta['loss']}): test PSNR {meta['test_psnr_degraded']} dB (degraded) → "
+                  f"{meta['test_psnr_restored']} dB (restored, undefended inputs)")
 
 
-@app.command("train-prior")
 def train_prior(
     data: str = typer.Option("udc-mini", "--data", help="Dataset whose clean ground truth the prior learns."),
     split: str = typer.Option("train", "--split", help="Split of --data to train on."),
@@ -59,19 +54,18 @@ def train_prior(
 
     from udcbench.data import load_dataset
     from udcbench.defenses.diffusion import save_prior, train_prior as run_train_prior
-    from udcbench.errors import SpecError
 
-    try:
-        if out.suffix != ".safetensors":
-            raise SpecError(f"--out {out} must end in .safetensors")
-        if out.exists():
-            raise SpecError(f"{out} exists; remove it or choose another --out")
-        images = [sample.gt for sample in load_dataset(data, split=split)]
-        prior = run_train_prior(images, steps=steps, batch_size=batch_size, crop=crop, lr=lr, seed=seed,
-                                progress=step_logger(steps, timed=True))
-        save_prior(prior, out, meta={"command": invoked_command(), "data": data, "split": split,
-                                     "images": str(len(images)), "threads": str(torch.get_num_threads())})
-        console.print(f"saved {out}: {sum(p.numel() for p in prior.parameters()):,} parameters, final loss "
-                      f"{prior.meta['final_loss']}, {prior.meta['train_seconds']} s", highlight=False)
-    except UdcbenchError as error:
-        fail(error)
+    if out.suffix != ".safetensors":
+        raise SpecError(f"--out {out} must end in .safetensors")
+    if out.exists():
+        raise SpecError(f"{out} exists; remove it or choose another --out")
+    images = [sample.gt for sample in load_dataset(data, split=split)]
+    prior = run_train_prior(images, steps=steps, batch_size=batch_size, crop=crop, lr=lr, seed=seed,
+                            progress=step_logger(steps, timed=True))
+    save_prior(prior, out, meta={"command": invoked_command(), "data": data, "split": split,
+                                 "images": str(len(images)), "threads": str(torch.get_num_threads())})
+    console.print(f"saved {out}: {sum(p.numel() for p in prior.parameters()):,} parameters, final loss "
+                  f"{prior.meta['final_loss']}, {prior.meta['train_seconds']} s", highlight=False)
+
+
+COMMANDS = {"finetune": finetune, "train-prior": train_prior}  # name -> function, in --help order

@@ -1,0 +1,153 @@
+"""`udcbench list`, `udcbench load` and `udcbench train`: what is registered, checking a checkpoint, and how the
+bundled weights were made."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from udcbench.cli.common import console, invoked_command, step_logger
+from udcbench.errors import UdcbenchError
+
+NONE_SHOWN = {"const": "unset"}  # how `list attacks` shows a None default that does not mean "chosen for you"
+
+
+class Kind(str, Enum):
+    models = "models"
+    attacks = "attacks"
+    defenses = "defenses"
+    datasets = "datasets"
+    metrics = "metrics"
+
+
+def list_(kind: Kind = typer.Argument(..., help="What to list.")) -> None:
+    """List registered models, attacks, defenses, datasets or metrics."""
+    from udcbench import registry
+    from udcbench.models import bundled_weights
+    from udcbench.report.leaderboard import format_eps
+
+    entries = getattr(registry, kind.value.upper()).entries()
+    table = Table(title=kind.value, title_justify="left")
+    if kind is Kind.models:
+        import torch
+
+        for column in ("name", "family", "parameters", "weights", "input contract", "options", "paper"):
+            table.add_column(column, no_wrap=column in ("name", "parameters"))
+        for entry in entries:
+            with torch.device("meta"):
+                count = sum(p.numel() for p in entry.factory().parameters())
+            options = ", ".join(f"{k}={o.default}" for k, o in entry.info.get("options", {}).items())
+            table.add_row(entry.name, entry.info.get("family", ""), f"{count / 1e6:.2f} M",
+                          "training-free" if entry.info.get("weights_free") else
+                          "bundled" if bundled_weights(entry.name) else "--weights FILE|random",
+                          entry.info["contract"].describe(), options or "-", entry.info.get("paper", ""))
+    elif kind is Kind.attacks:
+        for column in ("name", "kind", "norm", "defaults", "paper"):
+            table.add_column(column, no_wrap=column == "name")
+        for entry in entries:
+            norm = entry.info.get("norm", "linf")
+            defaults = ", ".join(
+                f"{k}={NONE_SHOWN.get(k, 'auto') if v is None else format_eps(v, norm) if k == 'eps' else v}"
+                for k, v in entry.info.get("defaults", {}).items())
+            table.add_row(entry.name, entry.info.get("kind", ""), entry.info.get("norm", ""), defaults,
+                          entry.info.get("paper", ""))
+    elif kind is Kind.datasets:
+        for column in ("--data", "description", "layout"):
+            table.add_column(column, no_wrap=column == "--data")
+        for entry in sorted(entries, key=lambda e: (bool(e.info.get("format")), e.name)):  # bundled first
+            name = f"{entry.name}:ROOT" if entry.info.get("format") else entry.name
+            table.add_row(name, entry.info.get("description", ""), entry.info.get("layout", "bundled"))
+    elif kind is Kind.metrics:
+        _metric_rows(table)
+    else:
+        table.add_column("name", no_wrap=True)
+        table.add_column("description")
+        for entry in entries:
+            table.add_row(entry.name, entry.info.get("description", entry.info.get("kind", "")))
+    console.print(table)
+
+
+def _metric_rows(table) -> None:
+    """`udcbench list metrics`: every registered metric's descriptor (udcbench.metrics.base)."""
+    from udcbench.metrics.base import registered
+
+    for column in ("name", "better", "unit", "digits", "check ±", "min px", "columns", "needs", "description"):
+        table.add_column(column, no_wrap=column in ("name", "better"))
+    for metric in registered():
+        pairs = ", ".join(metric.pairs)
+        table.add_row(metric.name + (" (always)" if metric.default else ""),
+                      "higher" if metric.higher_is_better else "lower", metric.unit or "-", str(metric.digits),
+                      f"{metric.tolerance:g}", str(metric.min_size), f"{metric.column}_{{{pairs}}}",
+                      metric.needs or "-", metric.description)
+    table.caption = "pyiqa:NAME scores any full-reference pyiqa metric (an optional extra) as pyiqa_NAME_*"
+
+
+def load(
+    model: str = typer.Argument(..., help="Model configuration, e.g. uformer-t."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Checkpoint to verify (default: bundled)."),
+    size: int = typer.Option(64, "--size", help="Side of the random test input."),
+) -> None:
+    """Verify a checkpoint: load it strictly, run one forward pass, print parameters and input contract."""
+    import time
+
+    import torch
+
+    from udcbench.models import load_model
+
+    loaded = load_model(model, weights=weights)
+    info = loaded.info
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, size, size, generator=generator)
+    extras = {}
+    if info.contract.extra_inputs:  # the embedded dataset's PSF and code stand in for a real sample's
+        from udcbench.data import load_dataset
+
+        sample_extras = load_dataset("udc-mini", limit=1)[0].extras
+        extras = {k: sample_extras[k][None] for k in info.contract.extra_inputs}
+    started = time.perf_counter()
+    with torch.no_grad():
+        out = loaded(image, **extras)
+    elapsed = time.perf_counter() - started
+    if out.shape != image.shape or not torch.isfinite(out).all():
+        raise UdcbenchError(f"{info.name} gave {tuple(out.shape)} (finite: {bool(torch.isfinite(out).all())}) "
+                            f"for a {tuple(image.shape)} input; the checkpoint or the model is broken")
+    console.print(f"[green]ok[/] {info.name}: weights {info.weights}")
+    console.print(f"  parameters  {info.parameters:,} ({info.parameters / 1e6:.3f} M)")
+    console.print(f"  contract    {info.contract.describe()}")
+    console.print(f"  forward     1×3×{size}×{size} -> {tuple(out.shape)} in {elapsed:.2f} s, output range "
+                  f"[{out.min().item():.3f}, {out.max().item():.3f}]")
+
+
+def train(
+    model: str = typer.Option(..., "--model", "-m", help="Model configuration to train from a seeded init."),
+    data: str = typer.Option("udc-mini", "--data", help="Dataset with a train split."),
+    steps: int = typer.Option(1500, "--steps", help="Optimiser steps."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Crops per step."),
+    crop: int = typer.Option(128, "--crop", help="Crop side in pixels."),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (cosine schedule)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for init, crops and flips."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file."),
+) -> None:
+    """Train a restoration model (how the bundled weights were made; see README)."""
+    from udcbench.models.train import TrainConfig, train as train_model
+
+    config = TrainConfig(model=model, data=data, steps=steps, batch_size=batch_size, crop=crop, lr=lr, seed=seed)
+    command = invoked_command()
+    if console.is_terminal:
+        with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TimeRemainingColumn(), TextColumn("loss {task.fields[loss]:.4f}"), console=console) as bar:
+            task = bar.add_task("train", total=steps, loss=0.0)
+            meta = train_model(config, out, command=command,
+                               progress=lambda step, loss: bar.update(task, completed=step, loss=loss))
+    else:  # logs: one plain line every 5 %
+        meta = train_model(config, out, command=command, progress=step_logger(steps))
+    console.print(f"saved {out}: test PSNR {meta['test_psnr_degraded']} dB (degraded) → "
+                  f"{meta['test_psnr_restored']} dB (restored)")
+
+
+COMMANDS = {"list": list_, "load": load, "train": train}  # name -> function, in --help order

@@ -55,3 +55,24 @@ def test_compiled_networks_on_cuda_equal_eager():
     x = torch.rand(2, 3, 64, 64, device="cuda")
     with torch.no_grad():
         assert torch.allclose(outcome.model(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_an_adm_prior_runs_in_float16_on_cuda_close_to_float32(tmp_path):
+    from udcbench.defenses.adm import ADMUNet, parse_adm_config
+    from udcbench.defenses.adm_checkpoint import save_adm_state_dict
+    from udcbench.defenses.purify import PurifyDefense
+
+    torch.manual_seed(0)
+    flags = ("image_size=64,num_channels=64,num_res_blocks=1,channel_mult=1,2,attention_resolutions=32,16,"
+             "num_head_channels=32,learn_sigma=true,resblock_updown=true,use_scale_shift_norm=true")
+    save_adm_state_dict(ADMUNet(parse_adm_config("adm:" + flags.replace(",2,", "/2,").replace("32,16", "32/16")
+                                                 .replace(",", ";"))), tmp_path / "adm.pt")
+    image = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    outputs = {}
+    for precision in ("fp32", "auto"):  # auto = fp16 on CUDA
+        defense = PurifyDefense(f"t=50,prior={tmp_path / 'adm.pt'},config=adm:{flags},precision={precision}")
+        defense.ready(None, None, 0, torch.device("cuda"), None)
+        outputs[precision] = defense.transform(image.cuda(), torch.Generator().manual_seed(2)).cpu()
+    conv = defense.prior.unet.input_blocks[1][0].in_layers[2]
+    assert conv.weight.dtype == torch.float16
+    assert (outputs["fp32"] - outputs["auto"]).abs().max() < 0.05

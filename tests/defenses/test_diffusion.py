@@ -7,7 +7,9 @@ import torch
 from safetensors.torch import save_file
 
 from udcbench.defenses.diffusion import (DiffusionPrior, PriorUNet, Schedule, load_prior, save_prior,
-                                         timestep_embedding, train_prior)
+                                         timestep_embedding)
+from udcbench.defenses.prior_training import train_prior
+from udcbench.defenses.purify import PurifyDefense
 from udcbench.errors import CheckpointError, MissingExtraError, SpecError
 
 TINY = {"base": 8, "mults": (1, 2)}
@@ -141,8 +143,11 @@ def test_load_errors_say_what_to_do(tmp_path):
         load_prior(plain)
     pickle_file = tmp_path / "prior.pth"
     torch.save({}, pickle_file)
-    with pytest.raises(CheckpointError, match="not a .safetensors"):
+    with pytest.raises(CheckpointError, match="is a torch checkpoint; say which guided-diffusion architecture.*"
+                                              "config=adm-256-uncond"):
         load_prior(pickle_file)
+    with pytest.raises(SpecError, match="config= describes guided-diffusion .pt checkpoints"):
+        PurifyDefense(f"prior={plain},config=adm-256-uncond")
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "notes.txt").write_text("x")
     with pytest.raises(CheckpointError, match=r"not a diffusers prior directory \(it holds: notes.txt\)"):

@@ -6,7 +6,8 @@ from torch import nn
 
 from udcbench.defenses.base import DefenseComponent
 from udcbench.defenses.diffusion import DiffusionPrior, PriorUNet, Schedule
-from udcbench.defenses.purify import (PurifyDefense, predict_noise_tiled, purify, reverse_timesteps,
+from udcbench.defenses.tiling import predict_noise_tiled
+from udcbench.defenses.purify import (PurifyDefense, purify, reverse_timesteps,
                                       visited_timesteps)
 from udcbench.errors import SpecError
 

@@ -1,4 +1,4 @@
-"""`udcbench finetune` and `udcbench train-prior`: how the defense weights are made."""
+"""`udcbench finetune`, `udcbench train-prior` and `udcbench train-guide`: how the defense weights are made."""
 
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ def train_prior(
     import torch
 
     from udcbench.data import load_dataset
-    from udcbench.defenses.diffusion import save_prior, train_prior as run_train_prior
+    from udcbench.defenses.diffusion import save_prior
+    from udcbench.defenses.prior_training import train_prior as run_train_prior
 
     if out.suffix != ".safetensors":
         raise SpecError(f"--out {out} must end in .safetensors")
@@ -68,4 +69,39 @@ def train_prior(
                   f"{prior.meta['final_loss']}, {prior.meta['train_seconds']} s", highlight=False)
 
 
-COMMANDS = {"finetune": finetune, "train-prior": train_prior}  # name -> function, in --help order
+def train_guide(
+    data: str = typer.Option("udc-mini", "--data", help="Dataset whose inputs (degraded captures) the guide learns."),
+    split: str = typer.Option("train", "--split", help="Split of --data to train on."),
+    steps: int = typer.Option(400, "--steps", help="Optimiser steps."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Crops per step."),
+    crop: int = typer.Option(64, "--crop", help="Crop side in pixels (a multiple of 4)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (cosine schedule)."),
+    eps: float = typer.Option(8.0, "--eps", help="L∞ budget of the training perturbation, in /255."),
+    attack_steps: int = typer.Option(3, "--attack-steps", help="PGD steps of the inner maximisation."),
+    t_max: int = typer.Option(100, "--t-max", help="Largest diffusion timestep a training crop is noised to."),
+    seed: int = typer.Option(0, "--seed", help="Seed for init, crops, flips, timesteps, noise and PGD starts."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file (use with --defense "
+                             "purify:guide=adv:FILE)."),
+) -> None:
+    """Train the adversarially robust guide network of purify:guide=adv (Lin et al., 2024)."""
+    import torch
+
+    from udcbench.data import load_dataset
+    from udcbench.defenses.guide import save_guide, train_guide as run_train_guide
+
+    if out.suffix != ".safetensors":
+        raise SpecError(f"--out {out} must end in .safetensors")
+    if out.exists():
+        raise SpecError(f"{out} exists; remove it or choose another --out")
+    if not 0 < eps <= 255:
+        raise SpecError(f"--eps {eps:g} must be in (0, 255] (units of /255); e.g. --eps 8")
+    images = [sample.degraded for sample in load_dataset(data, split=split)]
+    net = run_train_guide(images, steps=steps, batch_size=batch_size, crop=crop, lr=lr, seed=seed, eps=eps / 255,
+                          attack_steps=attack_steps, t_max=t_max, progress=step_logger(steps, timed=True))
+    save_guide(net, out, meta={**net.meta, "command": invoked_command(), "data": data, "split": split,
+                               "images": str(len(images)), "threads": str(torch.get_num_threads())})
+    console.print(f"saved {out}: {sum(p.numel() for p in net.parameters()):,} parameters, final loss "
+                  f"{net.meta['final_loss']}, {net.meta['train_seconds']} s", highlight=False)
+
+
+COMMANDS = {"finetune": finetune, "train-prior": train_prior, "train-guide": train_guide}  # in --help order

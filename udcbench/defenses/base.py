@@ -64,6 +64,15 @@ def positive_number(text: str) -> float:
     return value
 
 
+def choice(*options: str) -> Callable[[str], str]:
+    """A Setting parser: one of `options` (surrounding spaces ignored)."""
+    def parse(text: str) -> str:
+        if text.strip() not in options:
+            raise ValueError(text)
+        return text.strip()
+    return parse
+
+
 def word(text: str) -> str:
     """A Setting parser: the text without surrounding spaces."""
     return text.strip()

@@ -6,25 +6,24 @@
 - `PriorUNet`: the DDPM UNet at toy scale — sinusoidal time embedding, ResBlocks (GroupNorm, SiLU, the time
   embedding added between the two convolutions), strided-conv down / nearest+conv up sampling, skip connections,
   one self-attention block in the middle (lowest resolution). Default base 32, mults (1, 2, 2): 1,063,651
-  parameters; PROTOCOL §8 measured that a ~1.4 M-parameter prior trained for 60 s on 64 px crops purifies within
+  parameters; in our toy-scale measurements a ~1.4 M-parameter prior trained for 60 s on 64 px crops purifies within
   0.1 dB of one trained 10 min.
 - `DiffusionPrior`: the network + schedule + native crop `size`; `predict_noise(x_t, t)`.
 - `save_prior` / `load_prior`: one .safetensors whose header carries the configuration, or a local diffusers
   directory (a `UNet2DModel` + a scheduler config; needs the optional extra: pip install 'udcbench[diffusers]').
-- `train_prior`: ε-prediction training on random crops of clean images (Adam, cosine LR, clipping, EMA).
+- `prior_training.train_prior`: ε-prediction training on random crops of clean images (Adam, cosine LR,
+  clipping, EMA).
 
-    prior = train_prior(clean_images, steps=200, seed=0)
+    prior = prior_training.train_prior(clean_images, steps=200, seed=0)
     save_prior(prior, "prior.safetensors"); prior = load_prior("prior.safetensors")
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
-import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -201,8 +200,9 @@ class DiffusionPrior(nn.Module):
     purification); `multiple`: H and W must divide by it; `prediction_type`: "epsilon" or "v_prediction"."""
 
     def __init__(self, unet: nn.Module, schedule: Schedule | None = None, size: int = 64, multiple: int | None = None,
-                 prediction_type: str = "epsilon", meta: dict[str, str] | None = None):
+                 prediction_type: str = "epsilon", meta: dict[str, str] | None = None, learned_sigma: bool = False):
         super().__init__()
+        self.learned_sigma = bool(learned_sigma)  # unet returns 6 channels: ε̂ then the variance interpolation v
         if prediction_type not in PREDICTION_TYPES:
             raise CheckpointError(f"prediction_type {prediction_type!r} is not supported; udcbench purifies with "
                                   f"{' or '.join(PREDICTION_TYPES)} models")
@@ -210,17 +210,33 @@ class DiffusionPrior(nn.Module):
         self.multiple = int(multiple or getattr(unet, "multiple", 1))
         self.prediction_type, self.meta = prediction_type, dict(meta or {})
 
-    def predict_noise(self, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-        """ε̂(x_t, t) for x_t (B, 3, H, W) in model space; t an int or a (B,) tensor of indices in [0, T)."""
+    def predict(self, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """ε̂(x_t, t) for x_t (B, 3, H, W) in model space; t an int or a (B,) tensor of indices in [0, T).
+        A learned-σ prior returns (B, 6, H, W): ε̂, then v ∈ [−1, 1], the interpolation of the log variance between
+        β_t (v = 1) and the posterior β̃_t (v = −1) — Nichol & Dhariwal 2021 (`learned_log_variance`)."""
         t = torch.as_tensor(t, device=x_t.device).reshape(-1).long().expand(x_t.shape[0])
         output = self.unet(x_t, t)
+        variance = None
+        if self.learned_sigma:
+            output, variance = output[:, :3], output[:, 3:]
         if self.prediction_type == "v_prediction":  # v = sqrt(ᾱ)·ε − sqrt(1−ᾱ)·x0  ⇒  ε = sqrt(ᾱ)·v + sqrt(1−ᾱ)·x_t
             alpha_bar = self.schedule.alpha_bar(t, x_t)
             output = alpha_bar.sqrt() * output + (1 - alpha_bar).sqrt() * x_t
-        return output
+        return output if variance is None else torch.cat([output, variance], dim=1)
+
+    def predict_noise(self, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """ε̂(x_t, t), (B, 3, H, W): the noise prediction alone (a learned-σ prior's v channels dropped)."""
+        return self.predict(x_t, t)[:, :3]
 
     def forward(self, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
         return self.predict_noise(x_t, t)
+
+
+def learned_log_variance(v: torch.Tensor, beta: torch.Tensor, posterior: torch.Tensor) -> torch.Tensor:
+    """log σ² = frac·log β + (1 − frac)·log β̃ with frac = (v + 1)/2 (Nichol & Dhariwal 2021, eq. 15): a learned-σ
+    prior's variance for one reverse step; beta and posterior (β̃ > 0) broadcast over v."""
+    frac = (v + 1) / 2
+    return frac * beta.log() + (1 - frac) * posterior.log()
 
 
 # --- saving and loading --------------------------------------------------------------------------------------
@@ -245,10 +261,14 @@ def save_prior(prior: DiffusionPrior, path: str | Path, meta: dict[str, str] | N
 
 
 def load_prior(path: str | Path) -> DiffusionPrior:
-    """A prior from a save_prior .safetensors file or a local diffusers directory (eval mode, no grads)."""
+    """A prior from a save_prior .safetensors file or a local diffusers directory (eval mode, no grads).
+    guided-diffusion (ADM) .pt checkpoints load with `adm.load_adm_prior(path, config)`."""
     from udcbench.models.checkpoints import load_into, read_state_dict
 
     path = Path(path)
+    if path.suffix in (".pt", ".pth"):
+        raise CheckpointError(f"prior {path} is a torch checkpoint; say which guided-diffusion architecture it is: "
+                              "config=adm-256-uncond (256x256_diffusion_uncond.pt) or config=adm:flag=value,…")
     if not path.exists():
         raise CheckpointError(f"diffusion prior {path} does not exist; pass a .safetensors file written by "
                               "save_prior or a diffusers directory (unet/ + scheduler/)")
@@ -350,77 +370,3 @@ def _load_diffusers_prior(path: Path) -> DiffusionPrior:
                           multiple=2 ** (len(model.config.block_out_channels) - 1),
                           prediction_type=scheduler_config.get("prediction_type", "epsilon"),
                           meta={"source": str(path), "diffusers": diffusers.__version__})
-
-
-# --- training ------------------------------------------------------------------------------------------------
-
-def _clean_images(images) -> list[torch.Tensor]:
-    """(3, H, W) tensors in [0, 1] from tensors or dataset samples (their ground truth `.gt`)."""
-    found = [item if isinstance(item, torch.Tensor) else getattr(item, "gt", None) for item in images]
-    if not found or not all(isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[0] == 3 for x in found):
-        raise SpecError("train_prior needs a non-empty list of (3, H, W) tensors in [0, 1] or a dataset of samples")
-    return [x.float() for x in found]
-
-
-def train_prior(images, steps: int = 200, batch_size: int = 24, crop: int = 64, lr: float = 2e-4, seed: int = 0,
-                ema: float = 0.999, clip: float = 1.0, unet: dict | None = None, schedule: Schedule | None = None,
-                progress: Callable[[int, float], None] | None = None) -> DiffusionPrior:
-    """Train a PriorUNet (`unet`: its keyword arguments) on random `crop` crops of clean images, with flips.
-
-    Loss: ‖ε − ε̂(sqrt(ᾱ_t)·x0 + sqrt(1−ᾱ_t)·ε, t)‖², t uniform over the schedule (Ho et al. 2020, "simple").
-    Adam, cosine learning rate from `lr`, gradient-norm clipping at `clip`, EMA of the weights with decay `ema`
-    (warmed up as min(ema, (1+step)/(10+step))); the EMA model is returned. One `seed` drives the initial
-    weights, crops, flips, timesteps and noise, so a run is reproducible on the same CPU platform.
-    `progress(step, loss)` is called after every step.
-    """
-    if steps < 1 or batch_size < 1 or not 0 <= ema < 1:
-        raise SpecError(f"train_prior needs steps ≥ 1, batch_size ≥ 1 and 0 ≤ ema < 1 (got {steps}, {batch_size}, "
-                        f"{ema})")
-    data = _clean_images(images)
-    smallest = min(min(x.shape[-2:]) for x in data)
-    if smallest < crop:
-        raise SpecError(f"crop {crop} exceeds the smallest training image ({smallest} px); lower crop")
-    schedule = schedule or Schedule()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = PriorUNet(**(unet or {}))
-    if crop % net.multiple:
-        raise SpecError(f"crop {crop} must be a multiple of {net.multiple} for this UNet")
-    average = copy.deepcopy(net).eval()
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    started, loss = time.time(), torch.zeros(())
-    net.train()
-    for step in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-        batch = []
-        for _ in range(batch_size):
-            image = data[int(torch.randint(len(data), (1,), generator=generator))]
-            top = int(torch.randint(image.shape[-2] - crop + 1, (1,), generator=generator))
-            left = int(torch.randint(image.shape[-1] - crop + 1, (1,), generator=generator))
-            patch = image[:, top:top + crop, left:left + crop]
-            flips = torch.randint(2, (2,), generator=generator)
-            patch = patch.flip(-1) if flips[0] else patch
-            batch.append(patch.flip(-2) if flips[1] else patch)
-        x0 = torch.stack(batch) * 2 - 1
-        t = torch.randint(schedule.T, (batch_size,), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator)
-        loss = F.mse_loss(net(schedule.q_sample(x0, t, noise), t), noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
-        optimizer.step()
-        with torch.no_grad():
-            decay = min(ema, (1 + step) / (10 + step))
-            for target, source in zip(average.parameters(), net.parameters()):
-                target.mul_(decay).add_(source, alpha=1 - decay)
-        if progress is not None:
-            progress(step + 1, loss.item())
-    meta = {"steps": str(steps), "batch_size": str(batch_size), "crop": str(crop), "lr": str(lr), "seed": str(seed),
-            "ema": str(ema), "final_loss": f"{loss.item():.5f}", "train_seconds": f"{time.time() - started:.0f}",
-            "torch": torch.__version__}
-    prior = DiffusionPrior(average, schedule, size=crop, meta=meta).eval()
-    for parameter in prior.parameters():
-        parameter.requires_grad_(False)
-    return prior

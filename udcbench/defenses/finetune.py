@@ -112,7 +112,8 @@ def defended_inputs(defense, inputs: torch.Tensor, config: FinetuneConfig, gener
         if getattr(component, "name", "") == "purify":
             t_star = torch.randint(config.t_min, config.t_max + 1, (inputs.shape[0],), generator=generator)
             inputs = purify(component.prior, inputs, t_star, component.steps, component.sampler, generator,
-                            component.tile, component.overlap, index=getattr(component, "index", "udcbench"))
+                            component.tile, component.overlap, index=getattr(component, "index", "udcbench"),
+                            guide=getattr(component, "guide", None))
         else:
             inputs = component.transform(inputs, generator)
     return inputs

@@ -230,7 +230,7 @@ class PurifyDefense(DefenseComponent):
     adv:FILE: guided reverse steps, `guide.py`) with scale (≥ 0), checkpoint (auto|on|off: recompute each
     reverse step in the backward pass; auto from 4 steps on), precision (auto|fp32|fp16: fp16 runs a
     guided-diffusion prior in half precision; auto = fp16 on CUDA) — e.g. "t=30", "t=30,steps=4,sampler=ddpm",
-    "t=100,index=diffpure", "guide=mse,scale=0.1"; a bare number is t.
+    "t=100,index=diffpure", "guide=mse,scale=0.4"; a bare number is t.
     "auto" (or t=auto) leaves t_star None for `ready` to choose on the run's clean images
     (`noise_level.select_t_star`), tuned by loss= (max clean PSNR loss, dB; 1), n= (calibration images; 4),
     eps= (reference PGD budget in /255; 8).
@@ -252,8 +252,8 @@ class PurifyDefense(DefenseComponent):
         "config": Setting(None, word, "an ADM config: adm-256-uncond or adm:flag=value,…",
                           example="prior=256x256_diffusion_uncond.pt,config=adm-256-uncond"),
         "guide": Setting(None, parse_guide, "mse, adv or adv:FILE (a udcbench train-guide file)",
-                         example="guide=mse,scale=0.1"),
-        "scale": Setting(None, parse_scale, "a guidance scale ≥ 0", example="guide=mse,scale=0.1"),
+                         example="guide=mse,scale=0.4"),
+        "scale": Setting(None, parse_scale, "a guidance scale ≥ 0", example="guide=mse,scale=0.4"),
         "checkpoint": Setting("auto", choice("auto", "on", "off"), "auto, on or off", example="checkpoint=on"),
         "precision": Setting("auto", choice("auto", "fp32", "fp16"), "auto, fp32 or fp16", example="precision=fp32"),
     }
@@ -294,7 +294,7 @@ class PurifyDefense(DefenseComponent):
     def _check_guide(self) -> None:
         if self.scale is not None and self.guide_kind is None:
             raise SpecError(f"purify scale={self.scale:g} sets the guidance scale; add guide=mse or guide=adv "
-                            "(purify:guide=mse,scale=0.1) or drop scale")
+                            "(purify:guide=mse,scale=0.4) or drop scale")
         if self.guide_kind is not None and self.scale is None:
             self.scale = DEFAULT_SCALE[self.guide_kind.split(":")[0]]
 

@@ -89,7 +89,7 @@ ATTACKS = Registry("attack", ("udcbench.attacks.pgd", "udcbench.attacks.fgsm", "
                               "udcbench.attacks.simba", "udcbench.attacks.square",
                               "udcbench.attacks.backends"))
 DEFENSES = Registry("defense", ("udcbench.defenses.transforms", "udcbench.defenses.finetune",
-                                "udcbench.defenses.purify"))
+                                "udcbench.defenses.purify", "udcbench.defenses.smooth"))
 DATASETS = Registry("dataset", ("udcbench.data.datasets", "udcbench.data.formats"))
 METRICS = Registry("metric", ("udcbench.metrics.fidelity", "udcbench.metrics.lpips"))
 

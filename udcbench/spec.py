@@ -71,6 +71,7 @@ class RunSpec:
     memory: str = "auto"  # "low": activation checkpointing; "auto": only if a plain white-box step would not fit,
     # decided before the run; "normal": never (memory never changes a number, so it is not hashed)
     compile: bool = False  # torch.compile the network (falls back to eager where slower or unequal)
+    radius: tuple[float, ...] = ()  # L2 radii at which a smoothed defense's certified PSNR is scored (--radius)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,8 +82,9 @@ class RunSpec:
         attack = dict(data.get("attack", {}))
         attack["params"] = tuple(tuple(pair) for pair in attack.get("params", ()))
         top = {k: v for k, v in data.items() if k not in ("model", "attack", "defense", "data")}
-        if "metrics" in top:
-            top["metrics"] = tuple(top["metrics"])
+        for key in ("metrics", "radius"):
+            if key in top:
+                top[key] = tuple(top[key])
         return RunSpec(model=ModelSpec(**data.get("model", {})), attack=AttackSpec(**attack),
                        defense=DefenseSpec(**data.get("defense", {})), data=DataSpec(**data.get("data", {})),
                        **top)

@@ -19,11 +19,11 @@ from udcbench.registry import DEFENSES
 
 # one fast spec per registered defense (few purification steps: the bundled prior is small)
 FAST = {"none": "none", "jpeg": "jpeg:50", "blur": "blur:1", "median": "median:3", "bits": "bits:3", "ft": "ft",
-        "purify": "purify:t=20,steps=1"}
+        "purify": "purify:t=20,steps=1", "smooth": "smooth:n=5,attack_n=5"}
 MODEL = "uformer-nano"  # has bundled fine-tuned weights (uformer-nano-ft), which `ft` swaps in
 # a bare value and the setting it stands for, per defense with a shorthand
 SHORTHANDS = {"jpeg": "50", "blur": "1.5", "median": "5", "bits": "3", "purify": "20",
-              "ft": str(WEIGHTS_DIR / f"{MODEL}-ft.safetensors")}
+              "ft": str(WEIGHTS_DIR / f"{MODEL}-ft.safetensors"), "smooth": "0.3"}
 
 
 def seeded(seed=0):
@@ -67,17 +67,23 @@ def test_each_defense_is_a_component_class_that_declares_its_settings(name):
 
 
 @pytest.mark.parametrize("name", sorted(FAST))
-def test_transform_keeps_shape_dtype_range_and_is_seeded(name, defenses):
+def test_transform_keeps_shape_dtype_range_and_is_seeded(name, defenses, model):
     defense, x = defenses[name], images()
-    out = defense.transform(x, seeded(0))
+    transform, differentiable_transform = defense.transform, defense.differentiable_transform
+    if defense.smoother is not None:  # smoothing is of the whole system: checked through the model
+        x = images(32, 48)
+        transform = lambda image, generator: defense.restore(model, image, generator)  # noqa: E731
+        differentiable_transform = lambda image, generator: defense.restore(  # noqa: E731
+            model, image, generator, differentiable=True)
+    out = transform(x, seeded(0))
     assert out.shape == x.shape and out.dtype == x.dtype and out.device == x.device
     assert out.min() >= 0 and out.max() <= 1 and torch.isfinite(out).all()
-    assert torch.equal(defense.transform(x, seeded(0)), out)
-    other = defense.transform(x, seeded(1))
+    assert torch.equal(transform(x, seeded(0)), out)
+    other = transform(x, seeded(1))
     assert torch.equal(other, out) != defense.randomized  # randomised ones draw from the generator only
     # what an adaptive attack differentiates: the exact defense in value, with a finite gradient
     attacked = x.clone().requires_grad_(True)
-    differentiable = defense.differentiable_transform(attacked, seeded(0))
+    differentiable = differentiable_transform(attacked, seeded(0))
     assert torch.equal(differentiable.detach(), out)
     differentiable.sum().backward()
     assert torch.isfinite(attacked.grad).all() and attacked.grad.abs().sum() > 0

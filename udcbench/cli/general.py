@@ -1,8 +1,10 @@
-"""`udcbench list`, `udcbench load` and `udcbench train`: what is registered, checking a checkpoint, and how the
-bundled weights were made."""
+"""`udcbench list`, `udcbench load`, `udcbench train` and `udcbench distill`: what is registered, checking a
+checkpoint, and how the bundled weights (and the bundled distilled surrogate) were made."""
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -150,4 +152,85 @@ def train(
                   f"{meta['test_psnr_restored']} dB (restored)")
 
 
-COMMANDS = {"list": list_, "load": load, "train": train}  # name -> function, in --help order
+def distill(
+    target: str = typer.Option(..., "--target", "-t", help="Black-box model to distil (a name, `udcbench list "
+                               "models`); only its outputs are used."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="The target's checkpoint, or 'random' "
+                                          "(default: bundled)."),
+    data: str = typer.Option("udc-mini", "--data", help="Dataset: its train split is queried, its test split "
+                             "scores the fidelity."),
+    queries: int = typer.Option(..., "--queries", "-q", help="Query budget: target evaluations of one crop each "
+                                "(never exceeded; the fidelity check's test images are counted apart)."),
+    arch: str = typer.Option("nafnet-nano", "--arch", help="Surrogate architecture, trained from a seeded "
+                             "random init."),
+    crop: int = typer.Option(64, "--crop", help="Side of the queried crops in pixels."),
+    patch: Optional[int] = typer.Option(None, "--patch", help="Side of the training patches cut from the queried "
+                                        "crops (default: the whole crop)."),
+    steps: int = typer.Option(800, "--steps", help="Optimiser steps of the surrogate."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Crops per query batch and per optimiser step."),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (cosine schedule)."),
+    noise: float = typer.Option(0.05, "--noise", help="In round 1 every second query is the previous crop "
+                                "plus Gaussian noise of σ drawn from [0, NOISE] (0: clean crops only)."),
+    probe: float = typer.Option(0.5, "--probe", help="Share of the queries and steps spent in a second round "
+                                "that queries the half-trained surrogate's adversarial points (FGSM, L∞ 8/255)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for init, crops, flips, noise and batch order."),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Score the fidelity on the first N test "
+                                             "images only (default all)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads while distilling (default: torch's; "
+                                          "the same count reproduces the same bytes)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file (use with --attack transfer "
+                             "--surrogate FILE or --defense smooth:surrogate=FILE)."),
+) -> None:
+    """Distil a black-box model into a white-box surrogate from its outputs alone (DUCD, Li et al. 2024)."""
+    from udcbench.models.distill import DistillConfig, distill as run_distill
+
+    config = DistillConfig(target=target, weights=weights, data=data, queries=queries, arch=arch, crop=crop,
+                           patch=patch, steps=steps, batch_size=batch_size, lr=lr, noise=noise, probe=probe,
+                           seed=seed, device=device, threads=threads, eval_limit=eval_limit)
+    with distill_progress(queries, steps) as progress:
+        meta = run_distill(config, out, progress=progress)
+    console.print(f"saved {out}: {meta['arch']} surrogate of {meta['target']} from {meta['queries']} queries; "
+                  f"fidelity {meta['fidelity_psnr']} dB PSNR to the target on {meta['eval_queries']} test images "
+                  f"(evaluation queries, counted apart); test PSNR {meta['test_psnr_surrogate']} dB (surrogate) vs "
+                  f"{meta['test_psnr_target']} dB (target)", highlight=False)
+
+
+@contextmanager
+def distill_progress(queries: int, steps: int):
+    """progress(stage, done, total, loss) for `distill`: two rich bars on a terminal (shown from the first query
+    on, so that a refused setting prints its error line alone), plain lines every 5 % in logs (as `train` does)."""
+    if not console.is_terminal:
+        every = {"query": max(1, queries // 20), "train": max(1, steps // 20)}
+        shown = {"query": 0, "train": 0}  # the last 5 % mark printed (queries arrive a batch at a time)
+        started = time.time()
+
+        def log(stage: str, done: int, total: int, loss) -> None:
+            if done // every[stage] > shown[stage] or done == total:
+                shown[stage] = done // every[stage]
+                value = f" loss {loss:.4f}" if loss is not None else ""
+                console.print(f"{stage} {done}/{total}{value} ({time.time() - started:.0f} s)", highlight=False)
+
+        yield log
+        return
+    bars: list[Progress] = []  # started by the first update, i.e. after every check passed and nothing failed
+    tasks: dict[str, int] = {}
+
+    def update(stage: str, done: int, total: int, loss) -> None:
+        if not bars:
+            bars.append(Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[loss]}"),
+                                 console=console))
+            bars[0].start()
+            tasks.update(query=bars[0].add_task("querying", total=queries, loss=""),
+                         train=bars[0].add_task("training", total=steps, loss=""))
+        bars[0].update(tasks[stage], completed=done, loss="" if loss is None else f"loss {loss:.4f}")
+
+    try:
+        yield update
+    finally:
+        for bar in bars:
+            bar.stop()
+
+
+COMMANDS = {"list": list_, "load": load, "train": train, "distill": distill}  # name -> function, in --help order

@@ -1,5 +1,5 @@
 """`udcbench leaderboard`, `udcbench check` and `udcbench plot`: tables, the CI gate and figures of a run
-folder, all recomputed from its stored rows."""
+folder, all recomputed from its stored rows (certified PSNR columns included, where runs have them)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ from udcbench.errors import DataError, SpecError
 
 notes = Console(stderr=True)  # 'wrote FILE' goes to stderr, so the table on stdout can be redirected
 SUFFIXES = {"md": "md", "csv": "csv", "latex": "tex", "html": "html"}
+
+
+class PlotKind(str, Enum):
+    eps = "eps"
+    certified = "certified"
 
 
 class Format(str, Enum):
@@ -57,10 +62,12 @@ def leaderboard_(
     cols: Optional[str] = typer.Option(None, "--cols", help="Pivot table: dimensions across, e.g. attack,eps "
                                        "(default). Dimensions: model, weights, defense, threat, attack, objective, "
                                        "eps, steps, seed, data, split, norm, eot, mask, settings, batch_size, "
-                                       "precision, scoring, model_options, weights_digest, device, run."),
+                                       "precision, scoring, model_options, weights_digest, device, run, bound."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Pivot table: psnr_gt (default), ssim_gt, "
-                                         "lpips_gt, psnr_clean_out, ssim_clean_out, clean_psnr_gt, clean_ssim_gt "
-                                         "or a metric column."),
+                                         "lpips_gt, psnr_clean_out, ssim_clean_out, clean_psnr_gt, clean_ssim_gt, "
+                                         "cert@R (certified PSNR at radius R: runs with --radius), cert_clean@R "
+                                         "or a metric column. With certificates, psnr_gt and psnr_clean_out show "
+                                         "cert@R beside the attacked value (dimension bound)."),
     where: list[str] = typer.Option([], "--where", help="Pivot table: keep rows with DIMENSION=VALUE "
                                     "(repeatable; values of one dimension are alternatives), e.g. eps=8/255."),
     output: Optional[Path] = typer.Option(None, "--output", help="File to write (default DIR/leaderboard.FORMAT, "
@@ -97,7 +104,8 @@ def check_(
     strict: bool = typer.Option(False, "--strict", help="Also fail on configurations the baseline lacks."),
     metric_tolerance: list[str] = typer.Option([], "--metric-tolerance", help="NAME=VALUE: largest allowed move "
                                                "of another metric's columns (default: its registered tolerance; "
-                                               "`udcbench list metrics`); repeatable."),
+                                               "`udcbench list metrics`; certified PSNR: certified-psnr=VALUE "
+                                               "or certified-psnr@R=VALUE, default 0.05 dB); repeatable."),
 ) -> None:
     """CI gate: fail (exit 1) when the leaderboard of DIR lost a baseline configuration, changed an image
     count, or moved a metric beyond the tolerance. Each offending cell is printed on its own line."""
@@ -122,28 +130,53 @@ def _replay():
     return run.replay  # looked up at call time (tests replace it)
 
 
+def _folder(folder: Path) -> Path:
+    if folder.exists() and not folder.is_dir():
+        raise SpecError(f"--out {folder} is a file; pass a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _plot_certified(stored, folder: Path, grid_options: dict) -> None:
+    """--kind certified: certified_vs_radius.png only; refused (nothing written) without certified columns."""
+    from udcbench.report import plots
+
+    given = [name for name, value in grid_options.items() if value]
+    if given:
+        raise SpecError(f"{' and '.join(given)} {'applies' if len(given) == 1 else 'apply'} only to --kind eps "
+                        f"(psnr_vs_eps.png, image_grid.png); drop {'it' if len(given) == 1 else 'them'} with "
+                        "--kind certified")
+    plots.certified_curves(stored)  # no certified column: a DataError before the folder is touched
+    path = plots.certified_vs_radius(stored, _folder(folder) / "certified_vs_radius.png")
+    console.print(f"wrote {escape(str(path))}", highlight=False, soft_wrap=True)
+
+
 def plot(
     directory: Path = typer.Argument(..., help="A --out folder of `udcbench run`."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the PNGs (default: DIR)."),
-    metric: str = typer.Option("psnr_gt", "--metric", help="Metric against eps: psnr_gt (default), ssim_gt, "
-                               "lpips_gt, psnr_clean_out, ... or a metric column."),
+    kind: PlotKind = typer.Option(PlotKind.eps, "--kind", help="eps (default): psnr_vs_eps.png and "
+                                  "image_grid.png; certified: certified_vs_radius.png, certified PSNR against the "
+                                  "L2 radius (runs with --defense smooth:… --radius)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Metric against eps: psnr_gt (default), "
+                                         "ssim_gt, lpips_gt, psnr_clean_out, ... or a metric column."),
     image: Optional[str] = typer.Option(None, "--image", help="Image of the grid (default: the first name)."),
     run: list[str] = typer.Option([], "--run", help="Run hash (or a unique prefix) to show in the grid "
                                   "(repeatable; default: up to 4 runs at the largest eps, one per defense)."),
 ) -> None:
     """Draw psnr_vs_eps.png (the metric against the attack budget) and image_grid.png (one image replayed
-    through the chosen runs: y, y′, f(y), f(y′), the defended output, ground truth, amplified δ)."""
+    through the chosen runs: y, y′, f(y), f(y′), the defended output, ground truth, amplified δ); with --kind
+    certified, certified_vs_radius.png (certified PSNR vs ground truth against the radius) instead."""
     from udcbench.report import plots
 
     stored = stored_rows(directory)
+    if kind is PlotKind.certified:
+        _plot_certified(stored, out or directory, {"--metric": metric, "--image": image, "--run": run})
+        return
     hashes = plots.choose_runs(stored, run or None)  # check --run and --image before drawing anything
     name = plots.choose_image(stored, hashes, image)
-    folder = out or directory
-    if folder.exists() and not folder.is_dir():
-        raise SpecError(f"--out {folder} is a file; pass a folder")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _folder(out or directory)
     try:
-        path = plots.psnr_vs_eps(stored, folder / "psnr_vs_eps.png", metric)
+        path = plots.psnr_vs_eps(stored, folder / "psnr_vs_eps.png", metric or "psnr_gt")
         console.print(f"wrote {escape(str(path))}", highlight=False, soft_wrap=True)
     except DataError as error:
         console.print(f"[yellow]skipped psnr_vs_eps.png:[/] {escape(str(error))}", highlight=False, soft_wrap=True)

@@ -69,7 +69,9 @@ def run(
     norm: Optional[str] = typer.Option(None, "--norm", help="linf or l2: picks the attack's variant (pgd-l2, ...)."),
     attack_param: list[str] = typer.Option([], "--attack-param", "-p", help="KEY=VALUE for any other attack "
                                            "parameter (repeatable), e.g. -p basis=dct."),
-    surrogate: Optional[str] = typer.Option(None, "--surrogate", help="Surrogate model of the transfer attack."),
+    surrogate: Optional[str] = typer.Option(None, "--surrogate", help="Surrogate of the transfer attack: a model "
+                                           "name, or a distilled surrogate file written by `udcbench distill` "
+                                           "(PATH.safetensors)."),
     objective: str = typer.Option("mse-clean", "--objective", help="What the attack maximises: mse-clean, mse-gt, "
                                   "l1-clean, lpips-clean, targeted:input or targeted:IMAGE."),
     metrics: list[str] = typer.Option([], "--metrics", help="Metrics scored besides PSNR and SSIM (always "
@@ -80,6 +82,8 @@ def run(
                                         "vgg; needs local weights, see README); the same as --metrics lpips-NET."),
     mask: Optional[str] = typer.Option(None, "--mask", help="Restrict δ to a region: box:TOP,LEFT,HEIGHT,WIDTH "
                                        "(fractions) or a PNG (white = may change)."),
+    radius: list[str] = typer.Option([], "--radius", help="Certified PSNR at these L2 radii, e.g. --radius "
+                                     "0.1,0.25,0.5, for runs whose defense smooths (smooth:sigma=0.25)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Checkpoint file, or 'random' (default: bundled)."),
     threat: list[str] = typer.Option([], "--threat", help="gray-box (attack the undefended model, then defend: "
                                      "the paper's setting) or adaptive (attack through the defense: BPDA, EOT); "
@@ -135,6 +139,8 @@ def run(
             split_values(eps, None) if eps else [], split_values(threat, "gray-box"), seed, norm, params,
             objective, mask, weights, data, split, limit)
         plan_suite.lpips, plan_suite.eot = lpips, eot
+    if radius:  # replaces a suite's own radii
+        plan_suite.radius = split_values(radius, "")
     if metrics:  # added to a suite's own metrics
         plan_suite.metrics = list(dict.fromkeys(plan_suite.metrics + split_values(metrics, "")))
     for key, value in (("device", device), ("batch_size", batch_size), ("precision", precision),

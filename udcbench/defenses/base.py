@@ -226,6 +226,23 @@ class Defense:
         return image
 
     @property
+    def smoother(self) -> DefenseComponent | None:
+        """The smoothing component (`smooth`), which wraps the whole system, or None."""
+        return next((c for c in self.components if getattr(c, "smooths", False)), None)
+
+    def restore(self, model, image: torch.Tensor, generator: torch.Generator, differentiable: bool = False,
+                keep: bool = False):
+        """The defended system's output for `image`: model(transform(image)) (`differentiable`: the transform as
+        an adaptive attack differentiates it). With a smoothing component, its median over noisy copies of
+        `image` through that system; keep=True returns (output, the sorted samples or None)."""
+        transform = self.differentiable_transform if differentiable else self.transform
+        smoother = self.smoother
+        if smoother is not None:
+            return smoother.smooth(model, transform, image, generator, differentiable, keep)
+        output = model(transform(image, generator))
+        return (output, None) if keep else output
+
+    @property
     def randomized(self) -> bool:
         return any(component.randomized for component in self.components)
 
@@ -276,6 +293,10 @@ def make_defense(spec: str) -> Defense:
     for name, argument in parse_defense(spec):
         entry = DEFENSES.get(name)
         components.append(entry.factory(argument))
+    smoothing = [index for index, c in enumerate(components) if getattr(c, "smooths", False)]
+    if smoothing and (len(smoothing) > 1 or smoothing[0] != len(components) - 1):
+        raise SpecError(f"defense {spec.strip()!r}: smoothing wraps the whole defended system, so give one smooth "
+                        "component, last (e.g. purify+smooth:sigma=0.25)")
     return Defense(spec=spec.strip(), components=components)
 
 

@@ -47,6 +47,9 @@ PAIRS: dict[str, tuple[str, tuple[str, str]]] = {
     "adv_gt_undefended": ("undefended attacked {label}", ("adv", "gt")),
     "degraded_gt": ("degraded input {label}", ("degraded", "gt")),
     "input_adv": ("attacked input vs degraded input {label}", ("adversarial", "degraded")),
+    # certified bounds of a smoothed defense (`smooth`, --radius): the worst output any ‖δ‖₂ ≤ r can produce
+    "cert_gt": ("{label}", ("certified_worst_gt", "gt")),
+    "cert_clean": ("{label} vs smoothed clean out", ("certified_worst_clean", "defended_clean")),
 }
 MAIN_PAIRS = ("clean_gt", "adv_gt", "adv_clean")
 UNDEFENDED_PAIRS = ("clean_gt_undefended", "adv_gt_undefended")
@@ -60,6 +63,8 @@ FIELDS = ("higher_is_better", "label", "unit", "digits", "tolerance", "min_size"
 _COLUMN = re.compile(r"^[a-z][a-z0-9_]*$")
 _PAIR_SUFFIX = re.compile(r"_(" + "|".join(sorted(PAIRS, key=len, reverse=True)) + r")$")
 CLEAN_LOSS = "psnr_clean_loss"  # derived: undefended − defended clean PSNR (lower is better)
+CERTIFIED_PAIRS = ("cert_gt", "cert_clean")
+_CERTIFIED_PREFIX = re.compile(r"^cpsnr_r(\d+(?:p\d+)?)$")
 
 
 @dataclass(frozen=True)
@@ -159,12 +164,39 @@ def check_sizes(metrics, sizes, data: str) -> None:
                             f"and {data} has {height}×{width}; use larger images or drop {metric.name} from --metrics")
 
 
+def certified_prefix(radius: float) -> str:
+    """The column prefix of certified PSNR at L2 radius `radius`: 0.25 -> 'cpsnr_r0p25' (columns
+    cpsnr_r0p25_cert_gt: vs ground truth, cpsnr_r0p25_cert_clean: vs the smoothed clean output)."""
+    return "cpsnr_r" + format(float(radius), "g").replace(".", "p")
+
+
+def certified_radius(column: str) -> float | None:
+    """The radius of a certified-PSNR column (or prefix), None for any other column."""
+    found = _PAIR_SUFFIX.search(column)
+    prefix = column[:found.start()] if found is not None and found.group(1) in CERTIFIED_PAIRS else column
+    match = _CERTIFIED_PREFIX.match(prefix)
+    return None if match is None else float(match.group(1).replace("p", "."))
+
+
+def certified_metric(radius: float) -> Metric:
+    """The descriptor of certified PSNR at `radius` (not registered: its columns exist per --radius value)."""
+    from udcbench.metrics.fidelity import psnr
+
+    return Metric(name=f"certified-psnr@{radius:g}", function=psnr, higher_is_better=True,
+                  label=f"certified PSNR (r={radius:g})", unit="dB", digits=2, tolerance=0.05,
+                  column=certified_prefix(radius), pairs=CERTIFIED_PAIRS,
+                  description="lower bound on PSNR for every L2 perturbation of norm ≤ r (median smoothing)")
+
+
 def column_metric(column: str) -> tuple[Metric, str] | None:
     """(metric, pair) of a stored metric column, or None (not a registered metric's column)."""
     found = _PAIR_SUFFIX.search(column)
     if found is None:
         return None
     prefix, pair = column[:found.start()], found.group(1)
+    if pair in CERTIFIED_PAIRS:
+        radius = certified_radius(column)
+        return None if radius is None else (certified_metric(radius), pair)
     for metric in registered():
         if metric.column == prefix and pair in metric.pairs:
             return metric, pair
@@ -235,6 +267,7 @@ def score(metrics, images: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return values
 
 
-__all__ = ["Metric", "PAIRS", "check_sizes", "column_label", "column_metric", "description", "digits", "get_metric",
+__all__ = ["CERTIFIED_PAIRS", "Metric", "PAIRS", "certified_metric", "certified_prefix", "certified_radius",
+           "check_sizes", "column_label", "column_metric", "description", "digits", "get_metric",
            "higher_is_better", "is_metric_column", "register_metric", "registered", "resolve", "score",
            "short_names"]

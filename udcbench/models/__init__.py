@@ -26,6 +26,20 @@ def bundled_weights(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def weights_id(info: ModelInfo, seed: int) -> str:
+    """A model's weights as run hashes and surrogate headers record them: 'bundled:<digest>', 'file:<digest>',
+    'none' (training-free) or 'random:<seed>'."""
+    from udcbench.spec import file_digest
+
+    if info.weights.startswith("bundled:"):
+        return "bundled:" + file_digest(bundled_weights(info.name))
+    if info.weights.startswith("none"):
+        return "none"
+    if info.weights == "random":
+        return f"random:{seed}"
+    return "file:" + file_digest(info.weights)
+
+
 def split_options(name: str) -> tuple[str, str | None]:
     """'uformer-t:train_patch=256' -> ('uformer-t', 'train_patch=256'); 'uformer-t' -> ('uformer-t', None)."""
     base, colon, text = str(name).partition(":")

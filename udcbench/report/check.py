@@ -12,7 +12,8 @@ It fails when a baseline configuration is missing, when a configuration was scor
 images, or when a metric column (every column of a registered metric, udcbench.metrics.base) moved by more than
 its tolerance: absolute, in dB for PSNR columns (--tolerance), in metric units for SSIM and LPIPS columns
 (--ssim-tolerance), and for any other metric its registered tolerance unless --metric-tolerance NAME=VALUE sets
-one; better / worse follow each metric's registered direction. Configurations that are new are reported and
+one (certified PSNR columns: 0.05 dB, `--metric-tolerance certified-psnr=VALUE` for every radius or
+certified-psnr@R=VALUE for one); better / worse follow each metric's registered direction. Configurations that are new are reported and
 fail only in strict mode.
 """
 
@@ -25,13 +26,15 @@ from pathlib import Path
 import pandas as pd
 
 from udcbench.errors import SpecError, UdcbenchError
-from udcbench.metrics.base import CLEAN_LOSS, column_label, column_metric, digits, higher_is_better, is_metric_column
+from udcbench.metrics.base import (CLEAN_LOSS, certified_metric, certified_radius, column_label, column_metric,
+                                   digits, higher_is_better, is_metric_column)
 from udcbench.report.identity import IDENTITY, KEYS, RUN, SETTINGS, describe
 from udcbench.report.leaderboard import summarise
 
 # the metric columns (by prefix) that --tolerance and --ssim-tolerance govern
 PSNR_PREFIX, SSIM_PREFIXES = "psnr", ("ssim", "lpips")
 SLACK = 1e-9  # float noise: a move of exactly the tolerance passes
+CERTIFIED = "certified-psnr"  # --metric-tolerance name of every radius's certified PSNR (certified-psnr@R: one)
 
 
 class BaselineError(UdcbenchError):
@@ -135,8 +138,9 @@ def tolerance_for(column: str, tolerance: float, ssim_tolerance: float, metric_t
         return tolerance, None
     if prefix in SSIM_PREFIXES or found is None:
         return ssim_tolerance, None
-    metric = found[0]
-    return (metric_tolerances or {}).get(metric.name, metric.tolerance), metric.label
+    metric, given = found[0], metric_tolerances or {}
+    fallback = given.get(CERTIFIED, metric.tolerance) if certified_radius(column) is not None else metric.tolerance
+    return given.get(metric.name, fallback), metric.label
 
 
 def parse_metric_tolerances(items) -> dict[str, float]:
@@ -153,12 +157,26 @@ def parse_metric_tolerances(items) -> dict[str, float]:
             number = None
         if not sep or number is None:
             raise SpecError(f"cannot read --metric-tolerance {item!r}; write NAME=VALUE, e.g. grad-gap=0.02")
+        if name.strip().startswith(CERTIFIED):
+            found[_certified_name(name.strip(), item)] = number
+            continue
         metric = get_metric(name.strip())
         if metric.column == PSNR_PREFIX or metric.column in SSIM_PREFIXES:
             raise SpecError(f"{metric.name} columns are governed by --tolerance (PSNR) or --ssim-tolerance (SSIM, "
                             "LPIPS); use those")
         found[metric.name] = number
     return found
+
+
+def _certified_name(name: str, item: str) -> str:
+    """certified-psnr (every radius) or certified-psnr@R, as certified_metric(R) names it."""
+    if name == CERTIFIED:
+        return name
+    try:
+        return certified_metric(float(name.removeprefix(CERTIFIED + "@"))).name
+    except ValueError:
+        raise SpecError(f"cannot read --metric-tolerance {item!r}; name certified PSNR as certified-psnr (every "
+                        "radius) or certified-psnr@R (one radius), e.g. certified-psnr@0.25=0.1") from None
 
 
 def _missing(value) -> bool:

@@ -2,7 +2,9 @@
 with the mean of every metric over its images. Rows are labelled by the classic columns (model, weights,
 defense, threat, attack, objective, eps, steps, seed) and by whichever further settings differ between runs
 (data, split, attack settings, mask, EOT draws, batch size, precision, scoring, model options, weights
-digest, device; see identity.py). Written as Markdown (tabulate) and CSV, atomically."""
+digest, device; see identity.py). Certified PSNR columns (runs of the smooth defense with --radius) follow their
+empirical counterparts: vs ground truth after attacked PSNR, vs the smoothed clean output after the attacked
+output vs clean out, by radius (see certified.py). Written as Markdown (tabulate) and CSV, atomically."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from tabulate import tabulate
 
 from udcbench.metrics.base import (CLEAN_LOSS, MAIN_PAIRS, RESTORATION_PAIRS, UNDEFENDED_PAIRS, column_label, digits,
                                    is_metric_column, registered)
+from udcbench.report import certified
 from udcbench.report.identity import (IDENTITY, KEYS, RUN, SETTINGS, defense_label, format_eps,  # noqa: F401
                                       label_rows, shared_settings, shown_columns, weights_label)
 
@@ -54,7 +57,8 @@ def unbudgeted(table: pd.DataFrame) -> bool:
 
 def _metrics(table: pd.DataFrame) -> list[tuple[str, str]]:
     main, undefended, optional = metric_groups()
-    known = {column for metric in registered() for column in metric.columns()}
+    main = certified.with_companions(main, table, column_label)
+    known = {column for metric in registered() for column in metric.columns()} | set(certified.columns(table))
 
     def present(columns):
         return [(m, label) for m, label in columns if m in table and table[m].notna().any()]
@@ -80,7 +84,10 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     table = table[IDENTITY + ["images"] + [m for m, _ in metrics]]
     for metric, _ in metrics:
         table[metric] = table[metric].astype(float).round(digits(metric))
-    return table.sort_values(IDENTITY, kind="stable").reset_index(drop=True)
+    table = table.sort_values(IDENTITY, kind="stable").reset_index(drop=True)
+    if certified.columns(frame):  # the smoothing behind the certificates, for the note of to_markdown
+        table.attrs["smoothing"] = certified.smoothing(frame)
+    return table
 
 
 def threat_comparison(table: pd.DataFrame) -> pd.DataFrame:
@@ -145,6 +152,8 @@ def to_markdown(table: pd.DataFrame) -> str:
     if has_defense(table):
         note += (" With a defense, clean/attacked columns are the defended outputs; 'undefended' columns send the "
                  "same inputs through the bare model, and clean PSNR loss = undefended − defended clean PSNR.")
+    if certified.columns(table):
+        note += certified.leaderboard_note(table.attrs.get("smoothing", []))
     text = note + "\n\n" + body + "\n"
     comparison = threat_comparison(table)
     if not comparison.empty:

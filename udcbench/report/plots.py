@@ -3,6 +3,8 @@ atomically as PNG with fixed size, dpi and metadata, so the same data gives the 
 
 - psnr_vs_eps: the metric against the attack budget ε, one subplot per (attack, norm), one line per
   (model, defense, threat), the clean input as the ε = 0 point, ± std over images as error bars.
+- certified_vs_radius: certified PSNR vs ground truth against the L2 radius r, one line per (model, defense) of
+  the runs certified by median smoothing (--defense smooth:… --radius), the smoothed clean output at r = 0.
 - image_grid: one row per replayed run of one image: degraded y, attacked y′, f(y), f(y′), the defended
   output for y′, ground truth and the amplified perturbation δ = y′ − y.
 """
@@ -20,7 +22,8 @@ import pandas as pd
 
 from udcbench.errors import DataError, SpecError
 from udcbench.report.leaderboard import format_eps, write_atomic
-from udcbench.metrics.base import column_metric, description
+from udcbench.metrics.base import certified_radius, column_metric, description
+from udcbench.report import certified
 from udcbench.report.tables import dimension_frame, resolve_metric, sort_key
 
 DPI = 100
@@ -33,6 +36,10 @@ OTHER_DIMENSIONS = ("weights", "objective", "steps", "seed", "data", "split", "m
 PANEL_IMAGES = (("degraded", "degraded y"), ("adversarial", "attacked y′"), ("restored", "restored f(y)"),
                 ("restored_adv", "restored f(y′)"), ("defended_adv", "defended D(y′)"), ("gt", "ground truth"))
 HEADER, LEFT, GAP = 44, 180, 6  # pixels: column titles, row labels, space between tiles
+# what a certificate depends on besides model and defense (never the attack): lines split on these when they differ
+CERTIFIED_DIMENSIONS = ("weights", "seed", "data", "split", "batch_size", "precision", "backend", "scoring",
+                        "model_options", "weights_digest", "device")
+CLEAN_AT_ZERO = "psnr_clean_gt"  # the smoothed clean output's measured PSNR, drawn at r = 0
 
 
 def clean_counterpart(column: str) -> str | None:
@@ -132,6 +139,66 @@ def psnr_vs_eps(rows: pd.DataFrame, path: str | Path, metric: str = "psnr_gt") -
         ax.legend(fontsize=7, loc="best")
     note = "mean ± std over images" + ("; ε = 0: the clean input" if clean_counterpart(column) else "")
     figure.suptitle(f"{short} against the attack budget ε\n{note}", fontsize=10)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def _smoothings(frame: pd.DataFrame) -> list:
+    return list(dict.fromkeys((n, alpha) for _, n, alpha in certified.smoothing(frame)))
+
+
+def certified_curves(rows: pd.DataFrame) -> list[Curve]:
+    """What certified_vs_radius draws: one curve per (model, defense) and any CERTIFIED_DIMENSIONS that differ,
+    x the radius, y certified PSNR vs ground truth, mean ± std over images (an image certified by several runs,
+    one per attack, counts once, with its mean); at r = 0 the smoothed clean output's measured PSNR unless the
+    rows hold radius-0 certificates. Raises DataError when no row has a certified column."""
+    frame = dimension_frame(rows)
+    columns = certified.columns(frame, "cert_gt")
+    if not columns:
+        raise DataError("no stored row has certified PSNR columns; run with --defense smooth:… --radius 0.1,0.25 "
+                        "first, then plot them")
+    frame = frame[frame[columns].notna().any(axis=1)]
+    radii = [(certified_radius(column), column) for column in columns]
+    if radii[0][0] != 0.0:
+        radii.insert(0, (0.0, CLEAN_AT_ZERO))
+    dims = ("model", "defense") + tuple(d for d in CERTIFIED_DIMENSIONS if frame[d].nunique() > 1)
+    several = len(_smoothings(frame)) > 1  # then each line states its own n and 1 − α
+    lines = []
+    for key, line in frame.groupby(list(dims), sort=False):
+        per_image = line.groupby("image")[[column for _, column in radii]].mean()
+        points = [(r, *_mean_std(per_image[c].dropna())) for r, c in radii if per_image[c].notna().any()]
+        label = " · ".join(key[:2]) + "".join(f" · {d} {v}" for d, v in zip(dims[2:], key[2:]))
+        if several:
+            label += f" ({certified.smoothing_text(certified.smoothing(line), short=True)})"
+        lines.append((tuple(sort_key(d, v) for d, v in zip(dims[:2], key[:2])) + (label,), label, points))
+    curves = []
+    for index, (_, label, points) in enumerate(sorted(lines, key=lambda line: line[0])):
+        xs, means, stds = zip(*points)
+        curves.append(Curve(label, f"C{index % 10}", xs, means, stds))
+    return curves
+
+
+def certified_vs_radius(rows: pd.DataFrame, path: str | Path) -> Path:
+    """Plot certified PSNR vs ground truth against the L2 radius (see certified_curves), with ± std error bars,
+    the smoothing's n and confidence 1 − α in the title, and write the PNG to `path`."""
+    curves = certified_curves(rows)
+    frame = dimension_frame(rows)
+    settings = _smoothings(frame)
+    measured = all(certified_radius(column) > 0 for column in certified.columns(frame, "cert_gt"))
+    figure = _figure(6.0, 4.6)
+    ax = figure.subplots(1, 1)
+    for curve in curves:
+        ax.errorbar(curve.xs, curve.means, yerr=curve.stds, marker="o", markersize=4, capsize=3, linewidth=1.5,
+                    color=curve.colour, label=curve.label)
+    ax.set_xlabel("L2 radius r (‖δ‖₂ ≤ r on the clean input)")
+    ax.set_ylabel("certified PSNR vs ground truth (dB)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    smoothing = (certified.smoothing_text([("", n, alpha) for n, alpha in settings]) if len(settings) <= 1
+                 else "n and 1 − α per line")
+    zero = "; r = 0: the smoothed clean output (measured)" if measured else ""
+    figure.suptitle(f"certified PSNR vs ground truth against the L2 radius r\nmean ± std over images{zero}\n"
+                    f"median smoothing, {smoothing}", fontsize=9)
     figure.tight_layout()
     return _save(figure, path)
 

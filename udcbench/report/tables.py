@@ -6,7 +6,8 @@
 
 A dimension that is in neither rows nor columns must be single-valued inside every cell, and every cell must
 hold exactly one run (run hash); otherwise the cell would average different experiments, and `pivot` says
-which dimension to add or filter on.
+which dimension to add or filter on. With attacked PSNR as the metric and rows of a certified smooth run, a
+`bound` column dimension puts certified PSNR at each radius ('cert@0.25') beside the attacked value (certified.py).
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from tabulate import tabulate
 from udcbench.errors import SpecError, UnknownNameError
 from udcbench.metrics.base import CLEAN_LOSS, column_metric, description, digits, higher_is_better  # noqa: F401
 from udcbench.metrics.base import is_metric_column, registered, short_names
+from udcbench.report import certified
 from udcbench.report.identity import DEFAULT_LABELS, label_rows
 
 DIMENSIONS = ("model", "weights", "defense", "threat", "attack", "objective", "eps", "steps", "seed", "data",
               "split", "norm", "eot", "mask", "settings", "batch_size", "eps_batch", "precision", "backend", "scoring",
-              "model_options", "weights_digest", "device", "run")
+              "model_options", "weights_digest", "device", "run", certified.BOUND)
 # settings added in 0.2: left out of captions at their defaults (scoring is always stated)
 NEW_DIMENSIONS = ("settings", "batch_size", "eps_batch", "precision", "backend", "model_options", "device")
 DEFAULT_ROWS = ("model", "defense")
@@ -75,10 +77,11 @@ def metric_columns(rows: pd.DataFrame | None = None) -> list[str]:
 
 
 def resolve_metric(name: str, rows: pd.DataFrame | None = None) -> str:
-    """A short name (psnr_gt, ssim_gt, lpips_gt, psnr_clean_out, clean_psnr_gt, ...) or a metric column ->
-    the column."""
-    names = short_names()
-    column = names.get(name, name)
+    """A short name (psnr_gt, ssim_gt, lpips_gt, psnr_clean_out, clean_psnr_gt, cert@0.25, ...) or a metric
+    column -> the column."""
+    names = {**short_names(), **certified.short_names(rows)}
+    column = certified.parse_short(name) or names.get(name, name)
+    certified.require(column, rows)
     if column not in metric_columns(rows):
         raise UnknownNameError(f"unknown metric {name!r}; use one of {', '.join(names)} or a metric "
                                f"column: {', '.join(metric_columns(rows))}")
@@ -145,7 +148,7 @@ def sort_key(dimension: str, label: str) -> tuple:
             return (0, float(numerator) / float(denominator or 1), label)
         except ValueError:
             return (3, 0.0, label)
-    first = {"defense": "none", "threat": "gray-box"}.get(dimension)
+    first = {"defense": "none", "threat": "gray-box", certified.BOUND: certified.ATTACKED}.get(dimension)
     return (label != first,) + _natural(label)
 
 
@@ -207,12 +210,13 @@ def _varying(frame: pd.DataFrame, dimension: str, pivot_dims: tuple[str, ...]) -
 
 
 def _caption(frame, metric: str, cells: dict, pivot_dims: tuple[str, ...], bold: bool) -> str:
-    text = description(metric)
-    if (frame["defense"] != "none").any():
+    text = certified.describe(metric, frame) or description(metric)
+    if (frame["defense"] != "none").any() and certified.certified_radius(metric) is None:
         text += " (the defended output where a defense is set)"
     counts = sorted({cell.images for cell in cells.values()})
     spread = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
     parts = [f"{text}, mean ± std over {spread} image{'s' if counts[-1] > 1 else ''}"]
+    parts += [note for note in [certified.beside_note(frame, metric)] if note]
     for dimension, name in (("threat", "threat model"), ("seed", "seed")):
         values = sort_labels(dimension, set(frame[dimension]))
         parts.append(f"{name}{'s' if len(values) > 1 else ''} {', '.join(values)}")
@@ -253,7 +257,7 @@ def pivot(rows: pd.DataFrame, rows_by=None, cols_by=None, metric: str = "psnr_gt
     if rows.empty:
         raise SpecError("there are no result rows to tabulate; fill the folder with `udcbench run --out DIR` first")
     column = resolve_metric(metric, rows)
-    frame = filter_rows(dimension_frame(rows), parse_where(where))
+    frame = certified.settle(filter_rows(certified.beside(dimension_frame(rows), column), parse_where(where)))
     if column not in frame or frame[column].isna().all():
         found = column_metric(column)
         raise SpecError(f"no selected row has a value for {column}; pick another --metric"
@@ -261,6 +265,7 @@ def pivot(rows: pd.DataFrame, rows_by=None, cols_by=None, metric: str = "psnr_gt
     frame = frame[frame[column].notna()].copy()
     frame[column] = frame[column].astype(float)
     rows_by, cols_by = _layout(frame, rows_by, cols_by)
+    cols_by += certified.placed(frame, rows_by + cols_by)
     _check_single_experiment(frame, rows_by + cols_by)
     cells = {}
     for key, group in frame.groupby(list(rows_by + cols_by), sort=False):
@@ -336,7 +341,8 @@ def to_csv(table: PivotTable) -> str:
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
         "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
         ">": r"\textgreater{}", "|": r"\textbar{}", "±": r"$\pm$", "–": "--", "−": "$-$", "·": r"$\cdot$",
-        "×": r"$\times$", "δ": r"$\delta$", "ε": r"$\varepsilon$", "∞": r"$\infty$", "→": r"$\rightarrow$"}
+        "×": r"$\times$", "δ": r"$\delta$", "ε": r"$\varepsilon$", "∞": r"$\infty$", "→": r"$\rightarrow$",
+        "α": r"$\alpha$", "σ": r"$\sigma$", "‖": r"$\|$", "₂": r"$_2$", "≤": r"$\leq$"}  # certified captions
 
 
 def latex_escape(text: str) -> str:

@@ -52,6 +52,7 @@ class Job:
     warnings: list = field(default_factory=list)  # settings that run but mislead (printed by the CLI)
     notes: list = field(default_factory=list)  # how it executes: --memory / --compile decisions (printed by the CLI)
     eps_partners: list = field(default_factory=list)  # --eps-batch: the runs crafted with this one (plan.py)
+    radii: tuple = ()  # --radius: L2 radii at which a smoothed defense's certified PSNR is scored
 
     @property
     def attacks_bare_model(self) -> bool:
@@ -192,6 +193,29 @@ def _metrics(job: Job, degraded, gt, clean_output, defended_clean, adversarial, 
             "objective_adv": job.objective(adversarial_output, reference)}
 
 
+def _restore(defense, model, image: torch.Tensor, generator: torch.Generator):
+    """(the defended output in float, a smoothed defense's sorted samples or None)."""
+    output, samples = defense.restore(model, image, generator, keep=True)
+    return output.float(), samples
+
+
+def _certified(job: Job, samples, gt: torch.Tensor, smoothed_clean: torch.Tensor) -> dict:
+    """--radius: each radius's certified PSNR vs ground truth and vs the smoothed clean output (certify.py),
+    {cpsnr_r<r>_cert_gt: (B,), cpsnr_r<r>_cert_clean: (B,)}; {} without radii."""
+    if not job.radii:
+        return {}
+    from udcbench.defenses.certify import certify
+    from udcbench.metrics.base import certified_prefix
+
+    smoother = job.defense.smoother
+    found = certify(samples, smoother.sigma, smoother.alpha, job.radii, gt, smoothed_clean)
+    values = {}
+    for radius, (against_gt, against_clean) in found.items():
+        prefix = certified_prefix(radius)
+        values.update({f"{prefix}_cert_gt": against_gt, f"{prefix}_cert_clean": against_clean})
+    return values
+
+
 def _score_job(job: Job, model, samples, degraded, gt, work: SharedWork, keep: dict | None = None,
                inputs: dict | None = None):
     seed, names = job.seed, [s.name for s in samples]
@@ -199,12 +223,13 @@ def _score_job(job: Job, model, samples, degraded, gt, work: SharedWork, keep: d
     with torch.no_grad():  # computed once: the reference and the undefended clean output
         clean_output = work.get("clean output", None, lambda: model(degraded).float())
     defended_model = job.defense.prepare_model(model)
+    sorted_outputs = None  # a smoothed defense's sorted outputs on the clean input (its certificates' samples)
     with torch.no_grad():
         if job.defense.is_identity:
             defended_clean = clean_output
         else:
-            defended_clean = work.get("defended clean output", job.defense_key, lambda: defended_model(
-                job.defense.transform(degraded, batch_generator(seed, names, "def-clean"))).float())
+            defended_clean, sorted_outputs = work.get("defended clean output", job.defense_key, lambda: _restore(
+                job.defense, defended_model, degraded, batch_generator(seed, names, "def-clean")))
     reference = job.objective.reference(clean_output, gt, degraded)
     time_clean = time.perf_counter() - started
 
@@ -245,7 +270,7 @@ def _score_job(job: Job, model, samples, degraded, gt, work: SharedWork, keep: d
         draws = batch_generator(seed, names, "def-attack")
 
         def target(image: torch.Tensor) -> torch.Tensor:
-            return defended_model(job.defense.differentiable_transform(image, draws))
+            return job.defense.restore(defended_model, image, draws, differentiable=True)
 
         adversarial, (queries, iterations), adversarial_output = work.get(
             "adversarial example", job.run_hash,
@@ -257,10 +282,11 @@ def _score_job(job: Job, model, samples, degraded, gt, work: SharedWork, keep: d
         if job.defense.is_identity:
             defended_adv = adversarial_output
         else:
-            defended_adv = defended_model(
-                job.defense.transform(adversarial, batch_generator(seed, names, "def-adv"))).float()
+            defended_adv = job.defense.restore(defended_model, adversarial,
+                                               batch_generator(seed, names, "def-adv")).float()
         metrics = _metrics(job, degraded, gt, clean_output, defended_clean, adversarial, adversarial_output,
                            defended_adv, reference)
+        metrics.update(_certified(job, sorted_outputs, gt, defended_clean))
     time_eval = time.perf_counter() - started
     if keep is not None:
         keep.update(degraded=degraded, adversarial=adversarial, restored=clean_output, restored_adv=adversarial_output,

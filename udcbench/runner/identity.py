@@ -8,24 +8,13 @@ from __future__ import annotations
 
 import json
 
-from udcbench.models import bundled_weights
+from udcbench.models import weights_id
 from udcbench.spec import RunSpec, describe_settings, file_digest
 
 # configurations whose runs were hashed before model options existed, with the options they were built with:
 # at these values the options stay out of the hash, so their stored runs resume (uformer-t/-s/-b were built at
 # train_patch 256 then and default to 128 now: their hashes always include the options)
 HASHED_WITHOUT_OPTIONS = {"uformer-nano": {"train_patch": 128}}
-
-
-def weights_id(info, seed: int) -> str:
-    """'bundled:<digest>', 'file:<digest>', 'none' (training-free) or 'random:<seed>'."""
-    if info.weights.startswith("bundled:"):
-        return "bundled:" + file_digest(bundled_weights(info.name))
-    if info.weights.startswith("none"):
-        return "none"
-    if info.weights == "random":
-        return f"random:{seed}"
-    return "file:" + file_digest(info.weights)
 
 
 def metrics_identity(metrics) -> dict:

@@ -70,6 +70,47 @@ def validate(spec: RunSpec) -> None:
         raise SpecError(f"unknown scoring {spec.scoring!r}; use float (metrics on the float outputs) or 8bit "
                         "(outputs rounded to 8 bits first)")
     metric_names(spec)
+    for radius in spec.radius:
+        if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 <= radius < float("inf"):
+            raise SpecError(f"--radius takes L2 radii ≥ 0, got {radius!r}; e.g. --radius 0.1,0.25,0.5")
+
+
+def certified_radii(spec: RunSpec, defense, dataset) -> tuple[float, ...]:
+    """The radii a run certifies: --radius, else a smooth:sigma=auto's radius; refused without a smoothing
+    defense, or when its n cannot certify anything for this dataset's image sizes (certify.py)."""
+    from udcbench.defenses.certify import check_samples
+
+    smoother = defense.smoother
+    if smoother is None:
+        if spec.radius:
+            raise SpecError(f"--radius certifies a smoothed defense, and {defense.spec!r} has none; add smooth, e.g. "
+                            f"--defense smooth:sigma=0.25 (or {defense.spec}+smooth), or drop --radius")
+        return ()
+    radii = tuple(sorted(set(float(r) for r in spec.radius))) or \
+        ((float(smoother.radius),) if smoother.radius is not None else ())
+    if radii:
+        height, width = max(dataset.image_sizes(), key=lambda size: size[0] * size[1])
+        check_samples(smoother.n, smoother.alpha, 3 * height * width, f"{height}×{width} images")
+    return radii
+
+
+def certificate_warnings(defense, radii, dataset) -> list[str]:
+    """Radii at which the smoothing's n samples give only the trivial bound (the output range) at its σ."""
+    from udcbench.defenses.certify import smallest_n
+
+    smoother = defense.smoother
+    if not radii or smoother is None or smoother.sigma is None:
+        return []
+    height, width = max(dataset.image_sizes(), key=lambda size: size[0] * size[1])
+    warnings = []
+    for radius in radii:
+        needed = smallest_n(smoother.sigma, radius, smoother.alpha, 3 * height * width)
+        if needed is None or needed > smoother.n:
+            more = f"n ≥ {needed:,}" if needed is not None else "over a million samples"
+            warnings.append(f"smooth: at σ={smoother.sigma:g}, radius {radius:g} needs {more} for a non-trivial "
+                            f"certificate (n={smoother.n}); its certified PSNR is the bound of the output range "
+                            "— raise n or sigma")
+    return warnings
 
 
 def check_inputs(attack, model, dataset, metrics) -> None:
@@ -130,11 +171,14 @@ def prepare(spec: RunSpec, cache: dict | None = None) -> Job:
     model = _cached(cache, model_key, lambda: load_model(spec.model.name, weights=spec.model.weights,
                                                          device=device, seed=spec.seed))
     check_inputs(attack, model, dataset, metrics)
+    radii = certified_radii(spec, defense, dataset)
     model, notes, warnings, compiled = _cached(cache, ("ready", model_key, data_key, spec.compile),
                                                lambda: _ready_model(spec, model, dataset, device, cache))
     defense = _cached(cache, ("defense", spec.defense.spec, model_key, data_key, spec.seed),
                       lambda: _ready_defense(defense, model, dataset, spec.seed, device))
     resolved, labels = identity(spec, model.info, attack, objective, defense, dataset, device, metrics)
+    if radii:
+        resolved["radius"] = list(radii)
     if compiled:  # equal to eager within 1e-4 relative, not bit for bit: its rows never merge with eager ones
         resolved["backend"] = labels["backend"] = "compiled"
     adaptive_attack = None
@@ -145,8 +189,9 @@ def prepare(spec: RunSpec, cache: dict | None = None) -> Job:
                dataset=dataset, device=device, labels=labels, metrics=metrics, mask=mask,
                adaptive_attack=adaptive_attack, batch_size=spec.batch_size, precision=spec.precision,
                seed=spec.seed, scoring=spec.scoring, mask_spec=spec.attack.mask,
-               defense_params=labels["defense_params"], spec=spec, warnings=attack_warnings(attack) + warnings,
-               notes=notes)
+               defense_params=labels["defense_params"], spec=spec,
+               warnings=attack_warnings(attack) + warnings + certificate_warnings(defense, radii, dataset),
+               notes=notes, radii=radii)
 
 
 def _ready_model(spec: RunSpec, model, dataset, device, cache):

@@ -21,6 +21,7 @@
     metrics: [lpips-alex]             # scored besides PSNR and SSIM (`udcbench list metrics`; pyiqa:NAME)
     lpips: null                       # alex | vgg: also score LPIPS (the same as metrics: [lpips-NET])
     eot: null
+    radius: [0.1, 0.25]               # certified PSNR at these L2 radii, for the runs whose defense smooths
 
 Every key is checked: an unknown key, or an attack parameter the attack does not have, is an error naming the
 file and line. Expansion order — models, data, attacks (each parameter list in file order), defenses, threats,
@@ -40,7 +41,7 @@ from udcbench.spec import AttackSpec, DataSpec, DefenseSpec, ModelSpec, RunSpec
 
 TOP_KEYS = ("suite", "description", "data", "split", "limit", "seed", "seeds", "models", "attacks", "defenses",
             "threats", "exclude", "device", "batch_size", "precision", "scoring", "lpips", "metrics", "eot",
-            "eps_batch", "memory", "compile")
+            "eps_batch", "memory", "compile", "radius")
 EXCLUDE_KEYS = ("model", "attack", "eps", "defense", "threat", "seed", "data")
 ATTACK_KEYS = ("name", "objective", "mask")  # besides the attack's own parameters
 DATA_KEYS = ("name", "split", "limit")
@@ -66,12 +67,14 @@ class Suite:
     lpips: str | None = None
     metrics: list[str] = field(default_factory=list)
     eot: int | None = None
+    radius: list[float] = field(default_factory=list)  # certified radii (runs with a smoothing defense)
     exclude: list[dict] = field(default_factory=list)
     skipped: int = 0  # adaptive × no-defense combinations folded into gray-box
     excluded: int = 0
 
     def specs(self) -> list[RunSpec]:
         specs, self.skipped, self.excluded = [], 0, 0
+        radius = check_radius(self.radius, self.defenses)
         for model, data, attack, defense, threat, seed in itertools.product(
                 self.models, self.data, self.attacks, self.defenses, self.threats, self.seeds):
             if threat == "adaptive" and defense.strip() == "none" and "gray-box" in self.threats:
@@ -87,13 +90,36 @@ class Suite:
                                  device=self.device, threat=threat, lpips=self.lpips, eot=self.eot,
                                  metrics=tuple(self.metrics),
                                  batch_size=self.batch_size, precision=self.precision, scoring=self.scoring,
-                                 memory=self.memory, compile=bool(self.compile)))
+                                 memory=self.memory, compile=bool(self.compile),
+                                 radius=radius if smooths(defense) else ()))
         return stack_eps(specs) if self.eps_batch else specs
 
     def describe(self) -> str:
         counts = [(len(self.models), "model"), (len(self.data), "dataset"), (len(self.attacks), "attack setting"),
                   (len(self.defenses), "defense"), (len(self.threats), "threat model"), (len(self.seeds), "seed")]
         return " × ".join(f"{n} {label}{'s' if n != 1 else ''}" for n, label in counts)
+
+
+def smooths(defense: str) -> bool:
+    """Whether a defense spec has a smoothing component (`smooth`)."""
+    return any(part.strip().partition(":")[0].strip() == "smooth" for part in defense.split("+"))
+
+
+def check_radius(values, defenses) -> tuple[float, ...]:
+    """The certified radii as numbers ≥ 0; SpecError for anything else, or when no defense smooths."""
+    radii = []
+    for value in values:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if isinstance(value, bool) or not 0 <= number < float("inf"):
+            raise SpecError(f"radius takes L2 radii ≥ 0, got {value!r}; e.g. --radius 0.1,0.25,0.5")
+        radii.append(number)
+    if radii and not any(smooths(defense) for defense in defenses):
+        raise SpecError("--radius certifies smoothed defenses, and no defense here smooths; add one, e.g. "
+                        "--defense smooth:sigma=0.25, or drop --radius")
+    return tuple(sorted(set(radii)))
 
 
 def eps_stack_key(spec: RunSpec):
@@ -231,6 +257,8 @@ def load_suite(path: str | Path) -> Suite:
             setattr(suite, key, data[key])
     if "metrics" in data:
         suite.metrics = [str(v) for v in _as_list(data["metrics"])]
+    if "radius" in data:
+        suite.radius = _as_list(data["radius"])
     empty = [key for key in ("models", "attacks", "defenses", "threats", "seeds") if not getattr(suite, key)]
     if empty:
         raise SpecError(f"{path}: {', '.join(empty)} is empty; list at least one value")

@@ -5,7 +5,7 @@ The smoothed system answers y with the per-pixel median of n outputs of the base
     g(y) = median_i f(y + σ·gᵢ),     gᵢ ~ N(0, I) drawn from the run's seeded generator, one per copy,
 
 where f is everything else of the defense (`purify+smooth`: purification, then the model; `ft+smooth`: the
-fine-tuned model) and the model — smoothing wraps the whole system wherever `smooth` stands in the spec, so the
+fine-tuned model) and the model — smoothing wraps the whole system (`smooth` must be last in the spec), so the
 noise is added to the input the attacker controls and the certificate (certify.py) speaks about that input.
 Noisy copies are clamped to [0, 1] before f (part of f, so the certificate holds), and f's outputs are clamped
 to [0, 1] (so unbounded percentiles become the output range).

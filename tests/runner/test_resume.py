@@ -60,7 +60,10 @@ def test_an_interrupted_suite_resumes_to_the_uninterrupted_leaderboard(uninterru
     # a random job: interrupt once this many rows are stored (at least one image of work left)
     stop_after = random.Random(seed).randrange(1, ROWS - 6)
     out = tmp_path / "interrupted"
-    process = subprocess.Popen(command(suite, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the child gets Ctrl-C as from a shell: a test earlier in the session (Ray) may leave SIGINT ignored in
+    # this process, and an ignored signal is inherited, so Python in the child would never raise KeyboardInterrupt
+    process = subprocess.Popen(command(suite, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while stored(out) < stop_after and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)

@@ -16,12 +16,14 @@ that restricts δ to a region, for any attack.
 from __future__ import annotations
 
 import inspect
+import math
 from enum import Enum
 from fractions import Fraction
 from typing import Any
 
 import torch
 
+from udcbench.attacks.params import coerce_params
 from udcbench.errors import SpecError
 from udcbench.registry import ATTACKS
 
@@ -52,6 +54,8 @@ class AttackKind(str, Enum):
 
 def parse_eps(text: str | float, norm: str = "linf") -> float:
     """'8/255' or '0.0314' -> float; in (0, 1] for L∞ budgets, any positive value for L2 budgets."""
+    if isinstance(text, bool):
+        raise SpecError(f"cannot read eps {text!r}; write it as a fraction like 8/255 or a number like 0.0314")
     if isinstance(text, (int, float)):
         value = float(text)
     else:
@@ -60,6 +64,8 @@ def parse_eps(text: str | float, norm: str = "linf") -> float:
         except (ValueError, ZeroDivisionError):
             raise SpecError(f"cannot read eps {text!r}; write it as a fraction like 8/255 or a number like "
                             "0.0314") from None
+    if not math.isfinite(value):
+        raise SpecError(f"eps must be a finite number, got {value}; e.g. --eps 8/255 (L∞) or --eps 1.0 (L2)")
     if norm == "l2":
         if not value > 0.0:
             raise SpecError(f"an L2 eps must be positive (the L2 norm of δ over the whole image), got {value:g}; "
@@ -284,7 +290,7 @@ def make_attack(name: str, **params) -> Attack:
     if unknown:
         raise SpecError(f"attack {name!r} has no parameter(s) {', '.join(unknown)}; its parameters are "
                         f"{', '.join(f'{k}={v}' for k, v in defaults.items())}")
-    merged = {**defaults, **{k: v for k, v in params.items() if v is not None}}
+    merged = coerce_params(name, defaults, {**defaults, **{k: v for k, v in params.items() if v is not None}})
     if "eps" in merged and isinstance(merged["eps"], str):
         norm = entry.info.get("norm", "linf")
         if norm == "base's":  # a wrapper (transfer) budgets in its base attack's norm

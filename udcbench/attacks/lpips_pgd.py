@@ -25,11 +25,11 @@ class LPIPSPGD(PGD):
 
     def __init__(self, *, net: str = "alex", **base):
         """pgd's parameters (`base`: eps, alpha, steps, random_start, restarts), then net."""
-        from udcbench.metrics.lpips import find_weights
+        from udcbench.metrics.lpips import check_weights
 
         if net not in ("alex", "vgg"):
             raise SpecError(f"lpips-pgd: net must be alex or vgg, got {net!r}")
-        find_weights(net)  # a clear error now if the weights are not on this machine
+        check_weights(net)  # a clear error now if the weights are not on this machine
         super().__init__(**base)
         self.params["net"] = net
 

@@ -114,25 +114,24 @@ class LPIPSToClean(Objective):
         return load_lpips(self.net, device=output.device)(output, reference)
 
     def check(self) -> None:
-        from udcbench.metrics.lpips import find_weights
+        from udcbench.metrics.lpips import check_weights
 
-        find_weights(self.net)
+        check_weights(self.net)
 
 
 @lru_cache(maxsize=8)
-def read_target_image(path: str) -> torch.Tensor:
-    """An RGB image file as a (1, 3, H, W) float tensor in [0, 1] (cached: treat it as read-only)."""
-    from PIL import Image, UnidentifiedImageError
+def read_target_image(path: str, what: str = "target image") -> torch.Tensor:
+    """An RGB image file as a (1, 3, H, W) float tensor in [0, 1] (cached: treat it as read-only); `what` names
+    it in errors ('target image', 'mask image'). Decoded in full, so a bad file fails when the objective or the
+    mask is checked, before a run writes anything."""
+    from udcbench.data.readers import read_rgb
 
     file = Path(path)
     if not file.is_file():
-        raise DataError(f"target image {path} does not exist; pass targeted:PATH to an existing PNG/JPEG file "
-                        "or targeted:input")
-    try:
-        with Image.open(file) as image:
-            array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as error:
-        raise DataError(f"cannot read target image {path} ({error}); pass a valid PNG or JPEG file") from None
+        fix = ("pass targeted:PATH to an existing PNG/JPEG file or targeted:input" if what == "target image" else
+               "pass the path of an existing PNG/JPEG file")
+        raise DataError(f"{what} {path} does not exist; {fix}")
+    array = read_rgb(file, what, "pass a valid PNG or JPEG file").astype(np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
 
 
@@ -205,7 +204,7 @@ def parse_mask(text: str | None):
             return mask
 
         return box
-    image = read_target_image(text).mean(dim=1, keepdim=True)
+    image = read_target_image(text, "mask image").mean(dim=1, keepdim=True)
     if image.max() < 0.5:
         raise SpecError(f"mask {text} has no white pixels, so the attack could change nothing; white (≥ 0.5) "
                         "marks where δ may be non-zero")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import shlex
 import sys
@@ -23,9 +24,33 @@ def fail(error: Exception) -> None:
     raise typer.Exit(2)
 
 
+# what to do about an OSError, by errno (anything else: "check the path")
+OS_FIXES = {
+    errno.ENOSPC: "free disk space and run the same command again",
+    errno.EDQUOT: "free disk space (or raise your quota) and run the same command again",
+    errno.EACCES: "pick a path you can write to, or fix its permissions",
+    errno.EPERM: "pick a path you can write to, or fix its permissions",
+    errno.EROFS: "the file system is read-only; pick a path on a writable one",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; pick another path",
+    errno.EEXIST: "something else already has that name; pick another path",
+    errno.EISDIR: "it is a folder; pass a file name",
+    errno.ENAMETOOLONG: "pick a shorter path",
+}
+
+
+def os_error_line(error: OSError) -> str:
+    """An OSError (a folder that cannot be created, a full disk, a read-only file system) as one line that names
+    the path and the fix."""
+    where = f"{error.filename}: " if error.filename else ""
+    what = error.strerror or str(error)
+    return f"{where}{what.rstrip('.')}; {OS_FIXES.get(error.errno, 'check the path and its permissions')}"
+
+
 def reports_errors(command):
-    """Wrap a command so that a UdcbenchError it raises is one red line on stderr and exit code 2 (`fail`); other
-    exceptions pass through. functools.wraps keeps the signature and docstring Typer reads options and help from."""
+    """Wrap a command so that a UdcbenchError it raises is one red line on stderr and exit code 2 (`fail`), and
+    so is an OSError (an output path that cannot be written, a full disk): these are the user's to fix. Other
+    exceptions are bugs and keep their traceback. functools.wraps keeps the signature and docstring Typer reads
+    options and help from."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -33,6 +58,10 @@ def reports_errors(command):
             return command(*args, **kwargs)
         except UdcbenchError as error:
             fail(error)
+        except OSError as error:
+            if error.errno is None:  # an OSError without a path or code is not about the user's files
+                raise
+            fail(UdcbenchError(os_error_line(error)))
 
     return wrapper
 

@@ -10,9 +10,11 @@ from typing import Optional
 
 import numpy as np
 import typer
+from rich.markup import escape
 
 from udcbench.cli.common import console
 from udcbench.errors import SpecError
+from udcbench.outputs import check_file, check_folder
 
 
 def _optics(focal_mm: float, aperture_mm: float, pixel_um: float, psf_size: Optional[int],
@@ -74,20 +76,21 @@ def synth(
     """Make a UDC dataset from clean photos with the physics simulator (PSF, blur, noise, HDR)."""
     from udcbench.data.make import SynthConfig, fit_optics, make_dataset, resolve_display
 
+    check_folder(out)
     optics = _optics(focal_mm, aperture_mm, pixel_um, psf_size, wavelengths, spectrum)
     optics = fit_optics(resolve_display(SynthConfig(display=display, pitch_um=pitch_um, opening=opening)),
                         optics, psf_size=psf_size is None)
     config = SynthConfig(display=display, size=size, noise=noise, hdr=hdr, layout=layout,
                          test_fraction=test_fraction, seed=seed, pitch_um=pitch_um, opening=opening)
     meta = make_dataset(src, out, config, optics,
-                        progress=lambda done, total, name: console.print(f"[{done}/{total}] {name}",
+                        progress=lambda done, total, name: console.print(escape(f"[{done}/{total}] {name}"),
                                                                          highlight=False))
     sim = meta["simulation"]
     fmt = "synth" if layout == "synth" else "mipi"
-    console.print(f"wrote {out}: {len(meta['splits']['train'])} train + {len(meta['splits']['test'])} test "
-                  f"pairs ({meta['file_kind']}), display {sim['display']['name']} (opening ratio "
-                  f"{sim['opening_ratio']:.3f}), PSF picture {out / 'psf.png'}", highlight=False)
-    console.print(f"use it: udcbench run --data {fmt}:{out}", highlight=False)
+    console.print(escape(f"wrote {out}: {len(meta['splits']['train'])} train + {len(meta['splits']['test'])} "
+                         f"test pairs ({meta['file_kind']}), display {sim['display']['name']} (opening ratio "
+                         f"{sim['opening_ratio']:.3f}), PSF picture {out / 'psf.png'}"), highlight=False)
+    console.print(escape(f"use it: udcbench run --data {fmt}:{out}"), highlight=False)
 
 
 def psf_summary(psf: np.ndarray, display, optics) -> list[str]:
@@ -126,10 +129,9 @@ def psf(
     from udcbench.data import synth as simulator
     from udcbench.data.make import SynthConfig, fit_optics, resolve_display
 
-    if out.suffix.lower() != ".png":
-        raise SpecError(f"--out must name a .png file, got {out}")
+    check_file(out, "--out", (".png",))
     if decades < 1:
-        raise SpecError(f"--decades must be at least 1, got {decades}")
+        raise SpecError(f"--decades must be at least 1, got {decades}; e.g. --decades 4")
     optics = _optics(focal_mm, aperture_mm, pixel_um, psf_size, wavelengths, spectrum)
     chosen = resolve_display(SynthConfig(display=display, pitch_um=pitch_um, opening=opening))
     optics = fit_optics(chosen, optics, psf_size=psf_size is None)

@@ -9,6 +9,7 @@ import typer
 
 from udcbench.cli.common import console, invoked_command, step_logger
 from udcbench.errors import SpecError
+from udcbench.outputs import check_file
 
 
 def finetune(
@@ -30,7 +31,10 @@ def finetune(
 ) -> None:
     """Fine-tune a restoration model on purified (defended) inputs, as the reference study does."""
     from udcbench.defenses.finetune import FinetuneConfig, finetune as run_finetune
+    from udcbench.models.train import check_training
 
+    check_training(steps, batch_size, crop, lr)
+    check_file(out, "--out", (".safetensors",))
     config = FinetuneConfig(model=model, defense=defense, data=data, steps=steps, batch_size=batch_size,
                             crop=crop, lr=lr, t_min=t_min, t_max=t_max, adv=adv,
                             vgg19=None if vgg19 is None else str(vgg19), seed=seed)
@@ -55,9 +59,10 @@ def train_prior(
     from udcbench.data import load_dataset
     from udcbench.defenses.diffusion import save_prior
     from udcbench.defenses.prior_training import train_prior as run_train_prior
+    from udcbench.models.train import check_training
 
-    if out.suffix != ".safetensors":
-        raise SpecError(f"--out {out} must end in .safetensors")
+    check_training(steps, batch_size, crop, lr)
+    check_file(out, "--out", (".safetensors",))
     if out.exists():
         raise SpecError(f"{out} exists; remove it or choose another --out")
     images = [sample.gt for sample in load_dataset(data, split=split)]
@@ -88,9 +93,10 @@ def train_guide(
 
     from udcbench.data import load_dataset
     from udcbench.defenses.guide import save_guide, train_guide as run_train_guide
+    from udcbench.models.train import check_training
 
-    if out.suffix != ".safetensors":
-        raise SpecError(f"--out {out} must end in .safetensors")
+    check_training(steps, batch_size, crop, lr)
+    check_file(out, "--out", (".safetensors",))
     if out.exists():
         raise SpecError(f"{out} exists; remove it or choose another --out")
     if not 0 < eps <= 255:

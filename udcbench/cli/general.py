@@ -15,6 +15,7 @@ from rich.table import Table
 
 from udcbench.cli.common import console, invoked_command, step_logger
 from udcbench.errors import UdcbenchError
+from udcbench.outputs import check_file
 
 NONE_SHOWN = {"const": "unset"}  # how `list attacks` shows a None default that does not mean "chosen for you"
 
@@ -101,6 +102,9 @@ def load(
 
     from udcbench.models import load_model
 
+    if not 16 <= size <= 4096:
+        raise UdcbenchError(f"--size must lie in [16, 4096] pixels (the side of the test input), got {size}; e.g. "
+                            "--size 64")
     loaded = load_model(model, weights=weights)
     info = loaded.info
     generator = torch.Generator().manual_seed(0)
@@ -136,8 +140,10 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file."),
 ) -> None:
     """Train a restoration model (how the bundled weights were made; see README)."""
-    from udcbench.models.train import TrainConfig, train as train_model
+    from udcbench.models.train import TrainConfig, check_training, train as train_model
 
+    check_training(steps, batch_size, crop, lr)
+    check_file(out, "--out", (".safetensors",))
     config = TrainConfig(model=model, data=data, steps=steps, batch_size=batch_size, crop=crop, lr=lr, seed=seed)
     command = invoked_command()
     if console.is_terminal:

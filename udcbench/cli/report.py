@@ -14,6 +14,7 @@ from rich.markup import escape
 
 from udcbench.cli.common import console
 from udcbench.errors import DataError, SpecError
+from udcbench.outputs import check_file, check_folder
 
 notes = Console(stderr=True)  # 'wrote FILE' goes to stderr, so the table on stdout can be redirected
 SUFFIXES = {"md": "md", "csv": "csv", "latex": "tex", "html": "html"}
@@ -48,9 +49,9 @@ def _dimensions(text: Optional[str]) -> Optional[list[str]]:
 def _write(path: Path, text: str) -> Path:
     from udcbench.report.leaderboard import write_atomic
 
-    if path.is_dir() or not path.parent.is_dir():
-        problem = "it is a folder" if path.is_dir() else "its folder does not exist"
-        raise SpecError(f"cannot write --output {path}: {problem}; pass a file in an existing folder")
+    check_file(path, "--output")
+    if not path.parent.is_dir():
+        raise SpecError(f"cannot write --output {path}: its folder does not exist; pass a file in an existing folder")
     return write_atomic(path, text)
 
 
@@ -78,6 +79,8 @@ def leaderboard_(
     from udcbench.report import leaderboard, tables
 
     stored = stored_rows(directory)
+    if output is not None:
+        check_file(output, "--output")
     if rows is None and cols is None and metric is None and not where and format in (Format.md, Format.csv):
         table = leaderboard.summarise(stored)
         text = leaderboard.to_markdown(table) if format is Format.md else leaderboard.to_csv(table)
@@ -131,8 +134,7 @@ def _replay():
 
 
 def _folder(folder: Path) -> Path:
-    if folder.exists() and not folder.is_dir():
-        raise SpecError(f"--out {folder} is a file; pass a folder")
+    check_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -174,6 +176,9 @@ def plot(
         return
     hashes = plots.choose_runs(stored, run or None)  # check --run and --image before drawing anything
     name = plots.choose_image(stored, hashes, image)
+    if metric is not None:  # an unknown metric is refused before the folder is made
+        plots.resolve_metric(metric, stored)
+    check_folder(out or directory)
     folder = _folder(out or directory)
     try:
         path = plots.psnr_vs_eps(stored, folder / "psnr_vs_eps.png", metric or "psnr_gt")

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from udcbench.cli.common import attack_variant, console, errors, parse_attack_params
 from udcbench.cli.show import show_table
 from udcbench.errors import UdcbenchError
+from udcbench.outputs import check_folder
 from udcbench.runner.prepare import prepare
 from udcbench.runner.run import run as run_spec
 from udcbench.runner.run import run_suite
@@ -119,10 +120,16 @@ def run(
     """Attack restoration models on a dataset and score clean / attacked / defended outputs (PSNR, SSIM).
     Several values, or --suite FILE, run the cross product, sharing clean outputs, purified inputs and gray-box
     adversarial examples between runs; rerunning an interrupted command finishes only what is missing."""
+    from udcbench.runner.executors import check_executor
     from udcbench.runner.suite import load_suite
 
+    check_folder(out)  # a folder that cannot be written is refused before minutes of work
+    check_executor(executor)
+    if any(not value.strip(" ,") for value in eps):
+        raise UdcbenchError("--eps is empty; give a budget such as --eps 8/255, or leave --eps out for the "
+                            "attack's default")
     if limit is not None and limit < 1:
-        raise UdcbenchError(f"--limit must be at least 1, got {limit}")
+        raise UdcbenchError(f"--limit must be at least 1, got {limit}; e.g. --limit 8, or leave it out for every image")
     if suite is not None:
         clashing = [flag for flag, value in (("--model", model), ("--attack", attack), ("--defense", defense),
                                              ("--eps", eps), ("--threat", threat)) if value]
@@ -162,42 +169,48 @@ def progress_bar(total: int, description: str):
     task = bar.add_task(description, total=total, image="")
 
     def progress(done: int, total: int, image: str) -> None:
-        bar.update(task, completed=done, total=total, image=image)
+        bar.update(task, completed=done, total=total, image=escape(image))
 
     return bar, progress
 
 
 def run_single(spec, out: Path) -> None:
     from udcbench.report import leaderboard
+    from udcbench.runner.store import check_file
 
+    check_file(out / "results.db")  # a 0-byte or foreign results.db: one line before any model loads
     job = prepare(spec)
     info = job.model.info
     if info.resolved_from:
-        console.print(f"model [bold]{info.resolved_from}[/] → [bold]{info.name}[/] (the configuration with "
+        console.print(f"model [bold]{escape(info.resolved_from)}[/] → [bold]{escape(info.name)}[/] (the configuration with "
                       f"bundled weights; {info.parameters / 1e6:.2f} M parameters)")
     if info.weights == "random":
         console.print("[yellow]warning:[/] random (untrained) weights; the leaderboard marks them")
-    console.print(f"{info.name} · {job.attack.describe()} · objective {job.objective.name} · "
-                  f"defense {leaderboard.defense_label(job.defense.spec, job.defense_params)} "
-                  f"· threat {job.labels['threat']} "
-                  f"· {job.dataset.info.name} ({len(job.dataset)} images) · seed {spec.seed} · {job.device} · "
-                  f"run {job.run_hash}")
+    console.print(escape(f"{info.name} · {job.attack.describe()} · objective {job.objective.name} · "
+                         f"defense {leaderboard.defense_label(job.defense.spec, job.defense_params)} "
+                         f"· threat {job.labels['threat']} "
+                         f"· {job.dataset.info.name} ({len(job.dataset)} images) · seed {spec.seed} · {job.device} · "
+                         f"run {job.run_hash}"))
     for note in job.notes:
         console.print(escape(note), highlight=False, soft_wrap=True)
     for warning in job.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     bar, progress = progress_bar(len(job.dataset), "attacking")
-    with bar:
-        frame = run_spec(spec, out=out, progress=progress, job=job)
+    with interruptible(out):
+        with bar:
+            frame = run_spec(spec, out=out, progress=progress, job=job)
     if frame.attrs.get("skipped"):
-        console.print(f"resumed: {frame.attrs['skipped']} images already in {out / 'results.db'}, "
+        console.print(f"resumed: {frame.attrs['skipped']} images already in {escape(str(out / 'results.db'))}, "
                       f"{frame.attrs['computed']} computed now")
+    shared_out_line(frame.attrs, out)
     show_leaderboard(out)
 
 
 def run_many(plan_suite, specs, out: Path, executor: str, address, gpus_per_task, suite_file) -> None:
     from udcbench.runner.plan import make_plan
+    from udcbench.runner.store import check_file
 
+    check_file(out / "results.db")  # as in run_single
     plan = make_plan(specs)  # every run validated and resolved before anything is written
     name = f"suite {plan_suite.name}" if suite_file else "cross product"
     folded = f" ({plan_suite.skipped} adaptive × no-defense runs are the gray-box ones)" if plan_suite.skipped else ""
@@ -210,20 +223,63 @@ def run_many(plan_suite, specs, out: Path, executor: str, address, gpus_per_task
     for warning in dict.fromkeys(w for job in plan.jobs for w in job.warnings):
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     bar, progress = progress_bar(plan.images, "running")
-    try:
+    with interruptible(out):
         with bar:
             frame = run_suite(specs, out=out, progress=progress, executor=executor, address=address,
-                                  gpus_per_task=gpus_per_task, plan=plan)
-    except KeyboardInterrupt:
-        errors.print(f"interrupted: every finished batch is stored in {out / 'results.db'}; run the same command "
-                     "again to finish only what is missing")
-        raise typer.Exit(130)
+                              gpus_per_task=gpus_per_task, plan=plan)
     stats = frame.attrs
     if stats.get("skipped"):
-        console.print(f"resumed: {stats['skipped']} rows already in {out / 'results.db'}, {stats['computed']} "
+        console.print(f"resumed: {stats['skipped']} rows already in {escape(str(out / 'results.db'))}, {stats['computed']} "
                       "computed now")
+    shared_out_line(stats, out)
     console.print(shared_work_line(stats["work"]))
     show_leaderboard(out)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a run, raised like Ctrl-C's KeyboardInterrupt so that it unwinds the same way."""
+
+
+class interruptible:
+    """`with interruptible(out):` around a run. Ctrl-C or SIGTERM while running: the store's open transaction
+    rolls back (only whole batches are ever stored), this process's claims are released, the progress bar
+    (entered inside) closes, and one line on stderr says how to finish; exit 130 (Ctrl-C) or 143 (SIGTERM).
+    SIGTERM's previous handler is restored after. Before the run starts (imports, loading models) nothing is
+    written and both signals keep their defaults."""
+
+    def __init__(self, out: Path):
+        self.out, self.installed, self.previous = out, False, None
+
+    @staticmethod
+    def terminate(signum, frame):
+        raise Terminated()
+
+    def __enter__(self):
+        import signal
+
+        try:
+            self.previous, self.installed = signal.signal(signal.SIGTERM, self.terminate), True
+        except ValueError:  # not the main thread (an embedding application): SIGTERM stays as it was
+            pass
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        import signal
+
+        if self.installed:  # first, so that a second SIGTERM while the line is printed acts as before
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self.previous is None else self.previous)
+        if isinstance(error, KeyboardInterrupt):
+            errors.print(f"interrupted: every finished batch is stored in {self.out / 'results.db'}; run the same "
+                         "command again to finish only what is missing", highlight=False, soft_wrap=True)
+            raise typer.Exit(143 if isinstance(error, Terminated) else 130)
+        return False
+
+
+def shared_out_line(stats: dict, out: Path) -> None:
+    """Where another process on the same --out stored rows while this one ran (claims.py): who computed what."""
+    if stats.get("others"):
+        console.print(escape(f"computed {stats['computed']} rows, {stats['others']} by another process on "
+                             f"{out / 'results.db'}"), highlight=False)
 
 
 def shared_work_line(work: dict) -> str:

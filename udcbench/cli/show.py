@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 from udcbench.cli.common import console
@@ -39,7 +40,7 @@ def show_table(frame, title: str) -> None:
         labels.update(DEFENDED_LABELS)
         shown = [c for c in shown if c != "ssim_adv_clean"]
     caption = " · ".join(f"{c} {frame[c].iloc[0]}" for c in constant)
-    table = Table(title=title, title_justify="left", caption=caption or None, caption_justify="left")
+    table = Table(title=escape(title), title_justify="left", caption=escape(caption) or None, caption_justify="left")
     rows = [[_cell_text(column, value) for column, value in zip(shown, values)]
             for values in frame[shown].itertuples(index=False)]
     for index, column in enumerate(shown):
@@ -49,7 +50,7 @@ def show_table(frame, title: str) -> None:
         table.add_column(labels.get(column) or column_label(column), justify="right" if numeric else "left",
                          min_width=min(widest, 24), overflow="fold")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(escape(cell) for cell in row))  # names from files are text, never markup
     console.print(table)
 
 

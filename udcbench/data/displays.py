@@ -106,18 +106,18 @@ def display_pattern(display: Display, n: int, sample_um: float) -> np.ndarray:
 
 
 def _read_mask(path: Path) -> np.ndarray:
-    from PIL import Image
+    from udcbench.data.readers import open_image
 
-    try:
-        with Image.open(path) as image:
+    with open_image(path, "display mask image", "pass a PNG of one unit cell (white = open)") as image:
+        try:
             image.load()
             if image.mode.startswith("I;16") or image.mode == "I":
                 return np.clip(np.asarray(image, dtype=np.float64) / 65535.0, 0.0, 1.0)
             if image.mode == "F":
                 return np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0)
             return np.asarray(image.convert("L"), dtype=np.float64) / 255.0
-    except Exception as error:  # PIL raises several types for unreadable files
-        raise SpecError(f"cannot read the display mask image {str(path)!r}: {error}") from error
+        except Exception as error:  # PIL raises several types for unreadable files
+            raise SpecError(f"cannot read the display mask image {str(path)!r}: {error}") from error
 
 
 def load_display(spec: str, pitch_um: float | None = None,

@@ -29,10 +29,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 import udcbench.data.synth as synth
 from udcbench.data.mini import PHOTOS, load_photo, to_uint8
+from udcbench.data.readers import PIL_ERRORS, open_image
 from udcbench.data.tonemap import TONE_MAP
 from udcbench.errors import DataError, SpecError
 
@@ -99,11 +100,11 @@ def _check_photo(source: object, hdr: bool) -> None:
             raise DataError(f"{path} is {array.dtype} {array.shape}; HDR photos must be float (H, W, 3) "
                             "linear radiance")
         return
-    try:
-        with Image.open(path) as handle:
+    with open_image(path, "photo", "replace or remove the corrupt file") as handle:
+        try:
             handle.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise DataError(f"cannot read photo {path}: {error}; replace or remove the corrupt file") from None
+        except PIL_ERRORS as error:
+            raise DataError(f"cannot read photo {path}: {error}; replace or remove the corrupt file") from None
 
 
 def _read_photo(source: object) -> tuple[np.ndarray, bool]:
@@ -113,14 +114,14 @@ def _read_photo(source: object) -> tuple[np.ndarray, bool]:
     path = Path(source)
     if path.suffix.lower() == ".npy":
         return np.clip(np.load(path).astype(np.float64), 0.0, None), True
-    try:
-        with Image.open(path) as handle:
-            if handle.mode not in ("RGB", "L", "P", "RGBA", "LA"):
-                raise DataError(f"{path} has image mode {handle.mode}; udcbench synth reads 8-bit photos — "
-                                "convert it to 8-bit RGB")
+    with open_image(path, "photo", "replace or remove the corrupt file") as handle:
+        if handle.mode not in ("RGB", "L", "P", "RGBA", "LA"):
+            raise DataError(f"{path} has image mode {handle.mode}; udcbench synth reads 8-bit photos — "
+                            "convert it to 8-bit RGB")
+        try:
             return np.asarray(handle.convert("RGB")), False
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise DataError(f"cannot read photo {path}: {error}; replace or remove the corrupt file") from None
+        except PIL_ERRORS as error:
+            raise DataError(f"cannot read photo {path}: {error}; replace or remove the corrupt file") from None
 
 
 def _fit(image: np.ndarray, side: int, is_hdr: bool) -> np.ndarray:
@@ -204,13 +205,13 @@ def make_dataset(src: str | Path, out: str | Path, config: SynthConfig = SynthCo
     """Simulate UDC captures of the photos in `src` into a new dataset folder `out`; returns its metadata."""
     out = Path(out)
     if config.layout not in LAYOUTS:
-        raise SpecError(f"--layout must be one of {', '.join(LAYOUTS)}, got {config.layout!r}")
+        raise SpecError(f"--layout must be one of {', '.join(LAYOUTS)}, got {config.layout!r}; e.g. --layout synth")
     if config.size < 16:
-        raise SpecError(f"--size must be at least 16 pixels, got {config.size}")
+        raise SpecError(f"--size must be at least 16 pixels, got {config.size}; e.g. --size 256")
     if config.noise is not None and config.noise <= 0:
         raise SpecError(f"--noise is a photon level L > 0 (273 noisy … 10024 clean), got {config.noise}")
     if not 0 <= config.test_fraction < 1:
-        raise SpecError(f"--test-fraction must lie in [0, 1), got {config.test_fraction}")
+        raise SpecError(f"--test-fraction must lie in [0, 1), got {config.test_fraction}; e.g. --test-fraction 0.2")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"--out {out} already exists and is not empty; pass a new folder")
     display = resolve_display(config)

@@ -1,9 +1,10 @@
 """Loading released guided-diffusion (ADM) checkpoints as purification priors, strictly and safely.
 
 A released file (e.g. `256x256_diffusion_uncond.pt`) is a plain `torch.save` of the UNetModel state dict. It is
-read with `torch.load(weights_only=True)` (no pickled code runs), checked key by key and shape by shape against the
-`ADMUNet` its config describes (one error naming a few missing / unexpected / mis-shaped keys and the config to
-try), and loaded as float32 into a network built on the meta device (no second copy of 550 M parameters).
+read with `torch.load(weights_only=True)` (models.checkpoints: no pickled code runs), checked key by key and shape by
+shape against the `ADMUNet` its config describes (one error naming a few missing / unexpected / mis-shaped keys and
+the config to try) and for NaN / Inf values, and loaded as float32 into a network built on the meta device (no
+second copy of 550 M parameters).
 
     prior = load_adm_prior("256x256_diffusion_uncond.pt", "adm-256-uncond")
 """
@@ -17,7 +18,7 @@ import torch
 from udcbench.defenses.adm import ADM_CONFIGS, ADMUNet, NOISE_SCHEDULES, complete_flags, parse_adm_config
 from udcbench.defenses.diffusion import DiffusionPrior, Schedule
 from udcbench.errors import CheckpointError, SpecError
-from udcbench.models.checkpoints import read_state_dict
+from udcbench.models.checkpoints import check_finite, few, load_file, read_state_dict
 
 FIX = ("pass the config= that matches this checkpoint, e.g. config=adm-256-uncond, or adm:flag=value;… for other "
        "ADM checkpoints")
@@ -31,19 +32,12 @@ def _read_adm_state(path: Path) -> dict[str, torch.Tensor]:
         if "holds no state dict" not in str(error):
             raise
         original = error
-    try:
-        outer = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # the first read already said what is wrong with the file
-        raise original from None
+    outer, _ = load_file(path)  # read once more (the first read said the file is readable): the nested layouts
     for key in ("ema", "model"):
         inner = outer.get(key) if isinstance(outer, dict) else None
         if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
             return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in inner.items()}
     raise original
-
-
-def _few(items: list[str]) -> str:  # the first four, as models.checkpoints.load_into lists them
-    return ", ".join(items[:4]) + (f" (+{len(items) - 4} more)" if len(items) > 4 else "")
 
 
 def _check_fit(own: dict[str, torch.Size], state: dict[str, torch.Tensor], source: str, name: str) -> None:
@@ -55,14 +49,14 @@ def _check_fit(own: dict[str, torch.Size], state: dict[str, torch.Tensor], sourc
     if not all(key in state for key in signature):
         raise CheckpointError(f"{source} is not a guided-diffusion (ADM) UNet state dict: it lacks "
                               f"{', '.join(k for k in signature if k not in state)} (its keys start "
-                              f"{_few(sorted(state))}); pass an OpenAI guided-diffusion checkpoint such as "
+                              f"{few(sorted(state))}); pass an OpenAI guided-diffusion checkpoint such as "
                               "256x256_diffusion_uncond.pt, or load udcbench priors with load_prior")
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k])}"
               for k in own if k in state and state[k].shape != own[k]]
     if missing or unexpected or shapes:
-        parts = [f"{len(items)} {kind}: {_few(items)}" for kind, items in
+        parts = [f"{len(items)} {kind}: {few(items)}" for kind, items in
                  (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if items]
         hint = (f"; the file looks like num_channels={state['time_embed.0.weight'].shape[1]}, "
                 f"learn_sigma={str(state['out.2.weight'].shape[0] == 6).lower()}")
@@ -78,6 +72,7 @@ def load_adm_prior(path: str | Path, config: str | dict) -> DiffusionPrior:
     with torch.device("meta"):
         unet = ADMUNet(flags)
     _check_fit({k: v.shape for k, v in unet.state_dict().items()}, state, str(path), name)
+    check_finite(state, str(path))
     unet.load_state_dict({k: v.float().contiguous() for k, v in state.items()}, strict=True, assign=True)
     steps = flags["diffusion_steps"]
     schedule = Schedule(T=steps, beta_start=1e-4 * 1000 / steps, beta_end=0.02 * 1000 / steps,

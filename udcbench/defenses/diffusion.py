@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -34,6 +35,7 @@ from udcbench.errors import CheckpointError, MissingExtraError, SpecError
 FORMAT = "udcbench-diffusion-prior/1"
 SCHEDULE_KINDS = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")  # torch files a diffusers folder may hold
 
 
 class Schedule:
@@ -311,7 +313,11 @@ class _DiffusersUNet(nn.Module):
 
 def _load_diffusers_prior(path: Path) -> DiffusionPrior:
     """A pipeline directory (unet/ + scheduler/) or a flat one (config.json + scheduler_config.json, as the
-    google/ddpm-* repositories are laid out); local files only, never the network."""
+    google/ddpm-* repositories are laid out); local files only, never the network. Every torch file in it is
+    first read by udcbench itself with weights_only (models.checkpoints), so pickled code is refused whatever
+    diffusers version is installed and however it calls torch.load."""
+    from udcbench.models.checkpoints import check_finite, first_sentence, load_file
+
     unet_dir = path / "unet" if (path / "unet" / "config.json").is_file() else path
     schedulers = [p for p in (path / "scheduler" / "scheduler_config.json", path / "scheduler_config.json")
                   if p.is_file()]
@@ -345,14 +351,17 @@ def _load_diffusers_prior(path: Path) -> DiffusionPrior:
         raise MissingExtraError(f"loading the diffusers prior {path} needs the optional diffusers package "
                                 f"({type(error).__name__}: {str(error)[:100]}); install it with "
                                 "pip install -c constraints.txt 'udcbench[diffusers]'") from None
+    for pickled in sorted(p for p in path.rglob("*") if p.suffix in PICKLE_SUFFIXES and p.is_file()):
+        load_file(pickled, mmap=True)  # refused here if it carries code, whichever torch.load diffusers calls
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()
     try:
-        model, info = diffusers.UNet2DModel.from_pretrained(unet_dir, local_files_only=True, low_cpu_mem_usage=False,
-                                                            output_loading_info=True)
+        with warnings.catch_warnings():  # diffusers' and torch's deprecation notes are not the user's business
+            warnings.simplefilter("ignore")
+            model, info = diffusers.UNet2DModel.from_pretrained(unet_dir, local_files_only=True,
+                                                                low_cpu_mem_usage=False, output_loading_info=True)
     except (OSError, ValueError, RuntimeError, TypeError) as error:
-        detail = " ".join(line.strip() for line in str(error).splitlines()[:2])[:240]
-        raise CheckpointError(f"diffusers cannot load {unet_dir}: {detail}; check that "
+        raise CheckpointError(f"diffusers cannot load {unet_dir}: {first_sentence(error)}; check that "
                               "the weights match unet/config.json") from None
     finally:
         diffusers_logging.set_verbosity(verbosity)
@@ -361,6 +370,7 @@ def _load_diffusers_prior(path: Path) -> DiffusionPrior:
     if problems:
         raise CheckpointError(f"{unet_dir} does not fit its config: " + "; ".join(problems)
                               + " — check that the weights belong to this unet/config.json")
+    check_finite(model.state_dict(), str(unet_dir))
     if model.config.in_channels != 3 or model.config.out_channels != 3:
         raise CheckpointError(f"{unet_dir} maps {model.config.in_channels} to {model.config.out_channels} channels; "
                               "purification needs an RGB pixel-space model (3 → 3)")

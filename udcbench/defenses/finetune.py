@@ -16,7 +16,8 @@ purified with varied diffusion steps, so it learns to restore what purification 
     udcbench finetune --model uformer --defense purify --data udc-mini --steps 200 --seed 0 \
         --out udcbench/models/weights/uformer-nano-ft.safetensors        # the bundled ft weights
 
-The `ft` defense loads `<model>-ft.safetensors` bundled in udcbench/models/weights/ (or `ft:FILE`).
+The `ft` defense loads `<model>-ft.safetensors` bundled in udcbench/models/weights/ (or `ft:FILE`), strictly and
+when the run is prepared (`ready`), so a bad file is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -133,10 +134,10 @@ def finetune(config: FinetuneConfig, out: str | Path, command: str = "",
     if not 0 <= config.t_min <= config.t_max:
         raise SpecError(f"the t* range must satisfy 0 ≤ t_min ≤ t_max, got {config.t_min}..{config.t_max}")
     if config.adv not in (None, "pgd"):
-        raise SpecError(f"--adv takes pgd (PGD adversarial fine-tuning), got {config.adv!r}")
+        raise SpecError(f"--adv takes pgd (PGD adversarial fine-tuning), got {config.adv!r}; use --adv pgd, or leave --adv out")
     defense = make_defense(config.defense)
     if any(c.name == "ft" for c in defense.components):
-        raise SpecError("fine-tune on an input defense (purify, jpeg:75, …), not on `ft` itself")
+        raise SpecError("fine-tune on an input defense (purify, jpeg:75, …), not on `ft` itself; e.g. --defense purify")
     loss_fn, loss_name = make_loss(config.vgg19)
     model = load_model(config.model)
     samples = list(load_dataset(config.data, split="train"))
@@ -207,6 +208,11 @@ class FineTuned(DefenseComponent):
 
         path = self.weights_for(model_name)
         return {"weights": ("file:" if self.file is not None else "bundled:") + file_digest(path)}
+
+    def ready(self, model, dataset, seed: int, device, defense) -> None:
+        """Load the fine-tuned weights now (strictly: keys, shapes, finite values; never pickled code), while the
+        run is prepared, so that a bad ft:FILE is refused before anything is written."""
+        self.swap_weights(model)
 
     def swap_weights(self, model):
         """The same network with the fine-tuned weights, bound to the same per-image inputs."""

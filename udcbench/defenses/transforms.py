@@ -57,6 +57,13 @@ def _check_fits(name: str, image: torch.Tensor, radius: int, what: str) -> None:
                         f"use a smaller {name} argument")
 
 
+def _check_fits_dataset(name: str, dataset, radius: int, what: str) -> None:
+    """`_check_fits` on the run's first image, while the run is prepared (`ready`): a kernel too large for the
+    data is refused before anything is written rather than at the first batch."""
+    if dataset is not None and len(dataset):
+        _check_fits(name, dataset[0].degraded, radius, what)
+
+
 def straight_through(exact: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     """BPDA with the identity approximation (Athalye et al., ICML 2018): `exact` (= g(image), computed without
     a graph) in value, ∂/∂image = I in the backward pass. Written as exact + (image − image.detach()) rather
@@ -167,6 +174,10 @@ class GaussianBlur(DefenseComponent):
     def describe(self) -> str:
         return f"blur(sigma={self.sigma:g}, radius={self.radius})"
 
+    def ready(self, model, dataset, seed: int, device, defense) -> None:
+        super().ready(model, dataset, seed, device, defense)
+        _check_fits_dataset("blur", dataset, self.radius, f"sigma {self.sigma:g}")
+
     def transform(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_batch("blur", image)
         _check_fits("blur", image, self.radius, f"sigma {self.sigma:g}")
@@ -212,6 +223,11 @@ class MedianFilter(DefenseComponent):
 
     def describe(self) -> str:
         return f"median(kernel_size={self.kernel_size})"
+
+    def ready(self, model, dataset, seed: int, device, defense) -> None:
+        super().ready(model, dataset, seed, device, defense)
+        k = self.kernel_size
+        _check_fits_dataset("median", dataset, k // 2, f"a {k}×{k} window")
 
     def transform(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_batch("median", image)

@@ -30,6 +30,7 @@ raises CheckpointError naming the file and the key.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 from pathlib import Path
@@ -160,12 +161,13 @@ def find_weights(net: str = "alex", weights_dir: str | os.PathLike | None = None
 
 
 def load_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """The tensors of an official weights file, read as models.checkpoints reads checkpoints (never running code)."""
+    from udcbench.models.checkpoints import load_file
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # any unpickling/zip/IO failure means the same thing to the user
-        raise CheckpointError(f"cannot read {what} {path}: {type(error).__name__}: "
-                              f"{str(error).strip().splitlines()[0] if str(error).strip() else 'no detail'}; "
-                              f"replace it with the official file") from error
+        state, _ = load_file(path)
+    except CheckpointError as error:
+        raise CheckpointError(f"{what}: {error}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{what} {path} is not a state dict of tensors; replace it with the official file")
     return state
@@ -262,8 +264,15 @@ def load_lpips(net: str = "alex", device: str | torch.device = "cpu") -> LPIPS:
     device = torch.device(device)
     key = (net, str(device), _file_key(backbone_path), _file_key(linear_path))
     if key not in _CACHE:
-        _CACHE[key] = LPIPS(net).to(device)
+        on_cpu = (net, "cpu", *key[2:])  # checked on the CPU while preparing (check_weights): copied, not re-read
+        _CACHE[key] = copy.deepcopy(_CACHE[on_cpu]).to(device) if on_cpu in _CACHE else LPIPS(net).to(device)
     return _CACHE[key]
+
+
+def check_weights(net: str = "alex") -> None:
+    """Find, read and check both weight files now (the metric's `check`, run while a run is prepared), so that
+    a missing, broken or hostile file is refused before anything is written."""
+    load_lpips(net, "cpu")
 
 
 def lpips(x: torch.Tensor, y: torch.Tensor, net: str = "alex") -> torch.Tensor:
@@ -292,7 +301,7 @@ def _register(net: str, backbone: str, function) -> None:
     register_metric(f"lpips-{net}", higher_is_better=False, label="LPIPS", column="lpips", digits=4, tolerance=0.005,
                     pairs=("clean_gt", "adv_gt", "adv_clean"), min_size=_MIN_SIZE[net],
                     needs=f"local {backbone} and LPIPS v0.1 weights ($UDCBENCH_LPIPS_DIR)",
-                    check=lambda: find_weights(net),
+                    check=lambda: check_weights(net),
                     description=f"LPIPS v0.1, {backbone} (Zhang et al. 2018); needs local weights")(function)
 
 

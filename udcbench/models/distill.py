@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -53,6 +52,7 @@ from udcbench.metrics import psnr
 from udcbench.models.surrogates import (KIND, SURROGATE_FILE, bundled_surrogate, is_surrogate_path, load_surrogate,
                                         save_canonical, surrogate_info)
 from udcbench.models.train import optimise, set_cosine_lr
+from udcbench.outputs import check_file
 from udcbench.version import __version__
 
 __all__ = ["KIND", "SURROGATE_FILE", "DistillConfig", "bundled_surrogate", "distill", "is_surrogate_path",
@@ -89,15 +89,7 @@ class DistillConfig:
 
 def check_out(out: Path) -> None:
     """The output can be written: a .safetensors name, not a folder, below a folder that exists or can be made."""
-    if out.is_dir():
-        raise SpecError(f"--out {out} is a folder; name a file inside it, e.g. --out {out / 'surrogate.safetensors'}")
-    if out.suffix != ".safetensors":
-        raise SpecError(f"--out {out} must end in .safetensors; e.g. --out surrogate.safetensors")
-    folder = out.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise SpecError(f"cannot create {out}: {folder} is not a writable folder; choose another --out")
+    check_file(out, "--out", (".safetensors",))
 
 
 def check_config(config: DistillConfig, out: Path) -> None:

@@ -4,7 +4,8 @@ ready models, telling them apart from every other udcbench .safetensors file, an
 A surrogate file is safetensors whose header metadata has kind="udcbench-surrogate" and names its architecture
 (`arch`, a model spec `load_model` builds); everything else in the header describes the distillation (see
 udcbench.models.distill). Users of a surrogate file — the transfer attack (surrogate=FILE) and the smooth
-defense (smooth:surrogate=FILE) — call `load_surrogate`, whose errors say what the file is instead.
+defense (smooth:surrogate=FILE) — call `load_surrogate`, whose errors say what the file is instead (a torch file
+carrying pickled code is refused as such, whatever its name; safetensors under another name is told to be renamed).
 """
 
 from __future__ import annotations
@@ -43,18 +44,25 @@ def _not_surrogate(path: Path, what: str) -> SpecError:
 def _read_header(path: Path) -> dict[str, str]:
     from safetensors import SafetensorError, safe_open
 
+    from udcbench.models.checkpoints import first_sentence, is_safetensors, refuse_pickled_code
+
     if not path.exists():
         raise SpecError(f"surrogate file {path} does not exist; pass a file written by `udcbench distill` "
                         f"(bundled: {bundled_surrogate()})")
     if path.is_dir():
         raise _not_surrogate(path, "a folder")
+    if not is_safetensors(path):
+        refuse_pickled_code(path)  # whatever its name, a torch file carrying code is refused as such
+    elif path.suffix != ".safetensors":
+        raise SpecError(f"{path} is a safetensors file named {path.suffix or 'without .safetensors'}; rename it to "
+                        f"{path.stem}.safetensors")
     if path.suffix != ".safetensors":
         raise _not_surrogate(path, f"a {path.suffix or 'suffix-less'} file (a surrogate is a .safetensors file)")
     try:
         with safe_open(str(path), framework="pt") as handle:
             return dict(handle.metadata() or {})
     except (SafetensorError, OSError, ValueError) as error:
-        raise _not_surrogate(path, f"not readable as safetensors ({str(error).splitlines()[0][:80]})") from None
+        raise _not_surrogate(path, f"not readable as safetensors ({first_sentence(error)})") from None
 
 
 def surrogate_info(path: str | Path) -> dict[str, str]:

@@ -72,15 +72,28 @@ def evaluate(model, dataset) -> tuple[float, float]:
     return sum(before) / len(before), sum(after) / len(after)
 
 
+def check_training(steps: int, batch_size: int, crop: int, lr: float, smallest_crop: int = 8) -> None:
+    """The options every training command shares (train, finetune, train-prior, train-guide), before any model or
+    data is loaded: whole positive counts, a crop a network can take, a finite positive learning rate."""
+    for flag, value, least, example in (("--steps", steps, 1, 300), ("--batch-size", batch_size, 1, 8),
+                                        ("--crop", crop, smallest_crop, 64)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise SpecError(f"{flag} must be a whole number ≥ {least}, got {value}; e.g. {flag} {example}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise SpecError(f"--lr must be a finite positive number, got {lr}; e.g. --lr 1e-3")
+
+
 def train(config: TrainConfig, out: Path, command: str = "",
           progress: Callable[[int, float], None] | None = None) -> dict:
     """Train `config.model` from a seeded random init; save the EMA weights to `out` (safetensors)."""
     from udcbench.models import load_model
 
-    if config.steps < 1 or config.batch_size < 1:
-        raise SpecError("--steps and --batch-size must be positive")
+    check_training(config.steps, config.batch_size, config.crop, config.lr)
     model = load_model(config.model, weights="random", seed=config.seed)
     net = model.net
+    if not any(True for _ in net.parameters()):
+        raise SpecError(f"{model.info.name} has no parameters to train (it is training-free); train a network "
+                        "(`udcbench list models`)")
     samples = list(load_dataset(config.data, split="train"))
     smallest = min(min(s.degraded.shape[-2:]) for s in samples)
     if smallest < config.crop:

@@ -28,6 +28,7 @@ import pandas as pd
 from udcbench.errors import SpecError, UdcbenchError
 from udcbench.metrics.base import (CLEAN_LOSS, certified_metric, certified_radius, column_label, column_metric,
                                    digits, higher_is_better, is_metric_column)
+from udcbench.report.escape import csv_uncell
 from udcbench.report.identity import IDENTITY, KEYS, RUN, SETTINGS, describe
 from udcbench.report.leaderboard import summarise
 
@@ -224,6 +225,8 @@ def read_baseline(path: str | Path) -> pd.DataFrame:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as error:
         raise BaselineError(f"cannot read baseline {path} ({str(error).strip().splitlines()[0]}); {fix}")
+    # cells a spreadsheet would run as formulas were written with a leading ' (leaderboard.to_csv): read them back
+    frame = frame.rename(columns=csv_uncell).map(csv_uncell)
     lacking = [column for column in KEYS + ["images"] if column not in frame.columns]
     if lacking:
         raise BaselineError(f"baseline {path} lacks the column(s) {', '.join(lacking)}; it must be a leaderboard "

@@ -17,6 +17,7 @@ from tabulate import tabulate
 from udcbench.metrics.base import (CLEAN_LOSS, MAIN_PAIRS, RESTORATION_PAIRS, UNDEFENDED_PAIRS, column_label, digits,
                                    is_metric_column, registered)
 from udcbench.report import certified
+from udcbench.report.escape import csv_cell, markdown, markdown_cells
 from udcbench.report.identity import (IDENTITY, KEYS, RUN, SETTINGS, defense_label, format_eps,  # noqa: F401
                                       label_rows, shared_settings, shown_columns, weights_label)
 
@@ -134,11 +135,11 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
 def to_markdown(table: pd.DataFrame) -> str:
     metrics = _metrics(table)
     keys = shown_columns(table)
-    headers = [{RUN: "run"}.get(k, k) for k in keys] + ["images"] + [label for _, label in metrics]
+    headers = markdown_cells([{RUN: "run"}.get(k, k) for k in keys] + ["images"] + [label for _, label in metrics])
     formats = [""] * (len(keys) + 1) + [f".{digits(m)}f" for m, _ in metrics]
     cells = table[keys + ["images"] + [m for m, _ in metrics]].astype(object)
     cells = cells.where(cells.notna(), None)  # NaN (no LPIPS, no queries) prints as '-'
-    body = tabulate(cells.values.tolist(), headers=headers,
+    body = tabulate([markdown_cells(row) for row in cells.values.tolist()], headers=headers,
                     tablefmt="pipe", floatfmt=formats, missingval="-")
     note = ("One row per run (one experiment). PSNR in dB against ground truth (clean, attacked) and against the "
             "clean output; the mean over images of per-image PSNR/SSIM. threat gray-box: attacks crafted on the "
@@ -148,25 +149,31 @@ def to_markdown(table: pd.DataFrame) -> str:
                  "and ‖δ‖∞ over images.")
     shared = shared_settings(table)
     if shared:
-        note += " Every row: " + "; ".join(shared) + "."
+        note += " Every row: " + "; ".join(markdown(part) for part in shared) + "."
     if has_defense(table):
         note += (" With a defense, clean/attacked columns are the defended outputs; 'undefended' columns send the "
                  "same inputs through the bare model, and clean PSNR loss = undefended − defended clean PSNR.")
     if certified.columns(table):
-        note += certified.leaderboard_note(table.attrs.get("smoothing", []))
+        note += markdown(certified.leaderboard_note(table.attrs.get("smoothing", [])))
     text = note + "\n\n" + body + "\n"
     comparison = threat_comparison(table)
     if not comparison.empty:
         text += ("\n## Gray-box vs adaptive\n\nDefended attacked PSNR (dB, vs ground truth) under both threat "
                  "models; a defense is only as strong as its adaptive column.\n\n"
-                 + tabulate(comparison.values.tolist(), headers=list(comparison.columns), tablefmt="pipe",
+                 + tabulate([markdown_cells(row) for row in comparison.values.tolist()],
+                            headers=markdown_cells(comparison.columns), tablefmt="pipe",
                             floatfmt=[".4f" if "SSIM" in c else ".2f" for c in comparison.columns],
                             missingval="-") + "\n")
     return text
 
 
 def to_csv(table: pd.DataFrame) -> str:
-    return table.to_csv(index=False, lineterminator="\n")
+    """The leaderboard as CSV; a text cell a spreadsheet would run as a formula gets a leading ' (escape.py)."""
+    safe = table.rename(columns=csv_cell)
+    for column in safe.columns:
+        if not pd.api.types.is_numeric_dtype(safe[column]):
+            safe[column] = safe[column].map(csv_cell)
+    return safe.to_csv(index=False, lineterminator="\n")
 
 
 def write(table: pd.DataFrame, out_dir: str | Path, formats=("md", "csv")) -> list[Path]:

@@ -24,6 +24,7 @@ from udcbench.errors import DataError, SpecError
 from udcbench.report.leaderboard import format_eps, write_atomic
 from udcbench.metrics.base import certified_radius, column_metric, description
 from udcbench.report import certified
+from udcbench.report.escape import plot_text
 from udcbench.report.tables import dimension_frame, resolve_metric, sort_key
 
 DPI = 100
@@ -131,8 +132,8 @@ def psnr_vs_eps(rows: pd.DataFrame, path: str | Path, metric: str = "psnr_gt") -
     for ax, ((attack, norm), lines) in zip(axes, curves.items()):
         for curve in lines:
             ax.errorbar(curve.xs, curve.means, yerr=curve.stds, marker="o", markersize=4, capsize=3,
-                        linewidth=1.5, color=curve.colour, label=curve.label)
-        ax.set_title(f"{attack} ({'L∞' if norm == 'linf' else 'L2' if norm == 'l2' else norm})")
+                        linewidth=1.5, color=curve.colour, label=plot_text(curve.label))
+        ax.set_title(plot_text(f"{attack} ({'L∞' if norm == 'linf' else 'L2' if norm == 'l2' else norm})"))
         ax.set_xlabel("ε (× 1/255)" if norm == "linf" else "ε (L2 norm)")
         ax.set_ylabel(short)
         ax.grid(True, alpha=0.3)
@@ -189,7 +190,7 @@ def certified_vs_radius(rows: pd.DataFrame, path: str | Path) -> Path:
     ax = figure.subplots(1, 1)
     for curve in curves:
         ax.errorbar(curve.xs, curve.means, yerr=curve.stds, marker="o", markersize=4, capsize=3, linewidth=1.5,
-                    color=curve.colour, label=curve.label)
+                    color=curve.colour, label=plot_text(curve.label))
     ax.set_xlabel("L2 radius r (‖δ‖₂ ≤ r on the clean input)")
     ax.set_ylabel("certified PSNR vs ground truth (dB)")
     ax.grid(True, alpha=0.3)
@@ -245,7 +246,7 @@ def _resize(image: np.ndarray, scale_up: int, scale_down: int) -> np.ndarray:
 
 
 def _row_label(panel: dict) -> str:
-    text = "\n".join(textwrap.wrap(str(panel.get("label", "")), 26))
+    text = plot_text("\n".join(textwrap.wrap(str(panel.get("label", "")), 26)))
     eps = panel.get("eps")
     if eps is not None and eps == eps:
         text += f"\nε = {format_eps(float(eps), panel.get('norm') or 'linf')}"

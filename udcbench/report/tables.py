@@ -25,6 +25,7 @@ from udcbench.errors import SpecError, UnknownNameError
 from udcbench.metrics.base import CLEAN_LOSS, column_metric, description, digits, higher_is_better  # noqa: F401
 from udcbench.metrics.base import is_metric_column, registered, short_names
 from udcbench.report import certified
+from udcbench.report.escape import csv_cell, markdown, markdown_cells
 from udcbench.report.identity import DEFAULT_LABELS, label_rows
 
 DIMENSIONS = ("model", "weights", "defense", "threat", "attack", "objective", "eps", "steps", "seed", "data",
@@ -305,36 +306,35 @@ def _groups(col_keys, level: int) -> list[tuple[str, int, int]]:
 
 
 def to_markdown(table: PivotTable) -> str:
-    def escape(text: str) -> str:
-        return re.sub(r"([\\`*_|])", r"\\\1", text)
-
-    body = []
+    body = []  # labels are names from the results: escaped (no raw HTML, links or cell-splitting pipes)
     for row in table.row_keys:
         cells = []
         for col in table.col_keys:
             text = table.text(row, col) or "-"
             cells.append(f"**{text}**" if (row, col) in table.best else text)
-        body.append([escape(label) for label in row] + cells)
-    headers = [escape(h) for h in list(table.rows_by) + column_labels(table)]
+        body.append(markdown_cells(row) + cells)
+    headers = markdown_cells(list(table.rows_by) + column_labels(table))
     align = ("left",) * len(table.rows_by) + ("right",) * len(table.col_keys)
     grid = tabulate(body, headers=headers, tablefmt="pipe", colalign=align, disable_numparse=True)
-    return f"Table: {escape(table.caption)}\n\n{grid}\n"
+    return f"Table: {markdown(table.caption)}\n\n{grid}\n"
 
 
 def to_csv(table: PivotTable) -> str:
     """Row-key columns, then '<column label> mean' and '<column label> std' per column (plain numbers), then
-    threat and seed when they are not pivot dimensions."""
+    threat and seed when they are not pivot dimensions; text a spreadsheet would run as a formula gets a leading '
+    (escape.csv_cell)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     extra = list(table.per_row)
-    writer.writerow(list(table.rows_by) + [f"{label} {stat}" for label in column_labels(table)
-                                           for stat in ("mean", "std")] + extra)
+    header = list(table.rows_by) + [f"{label} {stat}" for label in column_labels(table)
+                                    for stat in ("mean", "std")] + extra
+    writer.writerow([csv_cell(text) for text in header])
     for row in table.row_keys:
-        values = list(row)
+        values = [csv_cell(label) for label in row]
         for col in table.col_keys:
             cell = table.cells.get((row, col))
             values += ["", ""] if cell is None else [f"{cell.mean:.{table.digits}f}", f"{cell.std:.{table.digits}f}"]
-        writer.writerow(values + [table.per_row[name][row] for name in extra])
+        writer.writerow(values + [csv_cell(table.per_row[name][row]) for name in extra])
     return buffer.getvalue()
 
 
@@ -342,7 +342,9 @@ _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#
         "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
         ">": r"\textgreater{}", "|": r"\textbar{}", "±": r"$\pm$", "–": "--", "−": "$-$", "·": r"$\cdot$",
         "×": r"$\times$", "δ": r"$\delta$", "ε": r"$\varepsilon$", "∞": r"$\infty$", "→": r"$\rightarrow$",
-        "α": r"$\alpha$", "σ": r"$\sigma$", "‖": r"$\|$", "₂": r"$_2$", "≤": r"$\leq$"}  # certified captions
+        "α": r"$\alpha$", "σ": r"$\sigma$", "‖": r"$\|$", "₂": r"$_2$", "≤": r"$\leq$",  # certified captions
+        "[": "{[}", "]": "{]}",  # a row or a rule followed by [ would read it as an optional argument
+        **{chr(code): " " for code in range(32)}}  # a line break in a name would end the cell's paragraph
 
 
 def latex_escape(text: str) -> str:

@@ -47,7 +47,7 @@ def _cached(cache: dict | None, key: tuple, make):
 def metric_names(spec: RunSpec) -> list[str]:
     """The extra metrics a spec asks for: --lpips NET (the older spelling of lpips-NET), then --metrics."""
     if spec.lpips is not None and spec.lpips not in ("alex", "vgg"):
-        raise SpecError(f"--lpips takes alex or vgg, got {spec.lpips!r}")
+        raise SpecError(f"--lpips takes alex or vgg, got {spec.lpips!r}; e.g. --lpips alex")
     return ([f"lpips-{spec.lpips}"] if spec.lpips is not None else []) + list(spec.metrics)
 
 
@@ -55,10 +55,10 @@ def validate(spec: RunSpec) -> None:
     """The spec's own values, before anything is loaded."""
     if spec.threat not in THREATS:
         raise SpecError(f"threat model {spec.threat!r} is not available; choose one of {', '.join(THREATS)}")
-    if spec.seed < 0:
-        raise SpecError(f"--seed must be a non-negative integer, got {spec.seed}")
+    if isinstance(spec.seed, bool) or not isinstance(spec.seed, int) or not 0 <= spec.seed < 2 ** 63:
+        raise SpecError(f"--seed must be a whole number in [0, 2^63), got {spec.seed}; e.g. --seed 0")
     if not isinstance(spec.batch_size, int) or spec.batch_size < 1:
-        raise SpecError(f"--batch-size must be a positive integer, got {spec.batch_size}")
+        raise SpecError(f"--batch-size must be a positive integer, got {spec.batch_size}; e.g. --batch-size 1")
     if spec.precision not in PRECISIONS:
         raise SpecError(f"unknown precision {spec.precision!r}; use fp32 or bf16 (bf16 autocast, for GPUs)")
     if not isinstance(spec.eps_batch, int) or spec.eps_batch < 1:
@@ -224,7 +224,7 @@ def adaptive_attack_for(attack, defense, eot_draws: int | None):
     from udcbench.attacks.adaptive import eot
 
     if eot_draws is not None and eot_draws < 1:
-        raise SpecError(f"--eot must be at least 1 draw, got {eot_draws}")
+        raise SpecError(f"--eot must be at least 1 draw, got {eot_draws}; e.g. --eot 2")
     white_box = AttackKind(attack.kind).white_box
     if not white_box or not defense.randomized:
         if eot_draws not in (None, 1):

@@ -12,10 +12,10 @@ import pandas as pd
 from udcbench.errors import SpecError
 from udcbench.report import leaderboard
 from udcbench.runner.execute import Job, SharedWork, score_batch
-from udcbench.runner.executors import EXECUTORS, execute_plan
+from udcbench.runner.executors import check_executor, execute_plan
 from udcbench.runner.plan import Group, Plan, batches, make_plan
 from udcbench.runner.prepare import prepare
-from udcbench.runner.store import ResultStore, open_existing
+from udcbench.runner.store import ResultStore, check_file, open_existing
 from udcbench.spec import RunSpec
 
 Progress = Callable[[int, int, str], None]
@@ -42,12 +42,12 @@ def run_suite(specs: list[RunSpec], out: str | Path | None = None, progress: Pro
 
 def run_plan(plan, out: str | Path | None = None, progress: Progress | None = None, executor: str = "local",
              address: str | None = None, gpus_per_task: float | None = None) -> pd.DataFrame:
-    if executor not in EXECUTORS:
-        raise SpecError(f"unknown executor {executor!r}; use local or ray")
+    check_executor(executor)
     if out is not None:
         out = Path(out)
         if out.exists() and not out.is_dir():
             raise SpecError(f"--out {out} is a file; pass a folder")
+        check_file(out / "results.db")  # a 0-byte or foreign results.db is refused before anything is written
         out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(None if out is None else out / "results.db")
     try:
@@ -56,7 +56,10 @@ def run_plan(plan, out: str | Path | None = None, progress: Progress | None = No
         stats = execute_plan(plan, store, progress, executor=executor, address=address, gpus_per_task=gpus_per_task)
         rows = store.rows()
         if out is not None:
-            leaderboard.write(leaderboard.summarise(rows), out)
+            try:
+                leaderboard.write(leaderboard.summarise(rows), out)
+            except OSError as error:  # a full disk, a read-only folder: the rows are safe, the files can wait
+                raise store.write_error(error, f"the leaderboard files in {out}") from None
     finally:
         store.close()
     keep = pd.Series(False, index=rows.index)

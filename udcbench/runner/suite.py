@@ -184,6 +184,33 @@ def _check_keys(path: Path, node, allowed: tuple[str, ...], what: str, extra: tu
             raise SpecError(f"{_where(path, key)}unknown key {key.value!r} in {what}; valid keys: {valid}")
 
 
+# the type each scalar key of a suite file must have, and an example of it
+SCALARS = {"seed": (int, "0"), "seeds": (int, "[0, 1]"), "limit": (int, "8"), "batch_size": (int, "4"),
+           "eot": (int, "2"), "eps_batch": ((bool, int), "true"), "compile": (bool, "true"), "device": (str, "cuda"),
+           "precision": (str, "bf16"), "scoring": (str, "8bit"), "lpips": (str, "alex"), "memory": (str, "auto"),
+           "split": (str, "test")}
+KIND_NAMES = {int: "a whole number", bool: "true or false", str: "text"}
+
+
+def _typed(path: Path, node, key: str, value):
+    """`value` of suite key `key` if it has the key's type (SCALARS; null where the key allows it), else a
+    SpecError naming the file and line: `seed: abc` or `limit: many` is refused, never converted."""
+    kind, example = SCALARS[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    fits = isinstance(value, kinds) and not (bool not in kinds and isinstance(value, bool))
+    if value is None and key in ("limit", "lpips", "device"):
+        fits = True
+    if not fits:
+        name = " or ".join(KIND_NAMES[k] for k in kinds)
+        raise SpecError(f"{_where(path, node) if node is not None else f'{path}: '}{key} must be {name}, got "
+                        f"{value!r}; e.g. {key}: {example}")
+    if key in ("seed", "seeds") and not 0 <= value < 2 ** 63:
+        raise SpecError(f"{_where(path, node)}{key} must lie in [0, 2^63), got {value}; e.g. {key}: {example}")
+    if key in ("limit", "batch_size", "eot") and value is not None and value < 1:
+        raise SpecError(f"{_where(path, node)}{key} must be at least 1, got {value}; e.g. {key}: {example}")
+    return value
+
+
 def _as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
@@ -195,13 +222,23 @@ def load_suite(path: str | Path) -> Suite:
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"suite file {path} does not exist; pass a YAML file such as benchmarks/ci.yaml")
-    text = path.read_text()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[:error.start].count(b"\n") + 1
+        raise SpecError(f"{path}:{line}: not UTF-8 text (byte 0x{error.object[error.start]:02x}); save the suite "
+                        "file as UTF-8") from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f"{mark.line + 1}" if mark is not None else "?"
+        problem = str(getattr(error, "problem", "") or "")
+        if "tag:yaml.org,2002:python/" in problem:
+            tag = problem.split("tag:yaml.org,2002:")[-1].rstrip("'")
+            raise SpecError(f"{path}:{line}: refusing the tag !!{tag}: suite files are plain YAML and udcbench "
+                            "never builds Python objects from files; remove the tag") from None
         raise SpecError(f"{path}:{line}: not valid YAML ({getattr(error, 'problem', error)}); fix the syntax") from None
     if root is None:
         raise SpecError(f"{path} is empty; a suite needs at least models and attacks (see benchmarks/ci.yaml)")
@@ -217,12 +254,14 @@ def load_suite(path: str | Path) -> Suite:
             else:
                 suite.models.append(ModelSpec(str(item)))
     data_value = data.get("data", "udc-mini")
-    split, limit = data.get("split", "test"), data.get("limit")
+    split = _typed(path, nodes.get("split"), "split", data.get("split", "test"))
+    limit = _typed(path, nodes.get("limit"), "limit", data.get("limit"))
     suite.data = []
     for item, node in zip(_as_list(data_value), _items(nodes.get("data"))):
         if isinstance(item, dict):
             _check_keys(path, node, DATA_KEYS, "data")
-            suite.data.append(DataSpec(str(item["name"]), item.get("split", split), item.get("limit", limit)))
+            suite.data.append(DataSpec(str(item["name"]), _typed(path, node, "split", item.get("split", split)),
+                                       _typed(path, node, "limit", item.get("limit", limit))))
         else:
             suite.data.append(DataSpec(str(item), split, limit))
     if "attacks" in data:
@@ -251,10 +290,11 @@ def load_suite(path: str | Path) -> Suite:
     if "seed" in data and "seeds" in data:
         raise SpecError(f"{_where(path, nodes['seeds'])}give either seed or seeds, not both")
     if "seed" in data or "seeds" in data:
-        suite.seeds = [int(v) for v in _as_list(data.get("seeds", data.get("seed")))]
+        key = "seeds" if "seeds" in data else "seed"
+        suite.seeds = [_typed(path, node, key, v) for v, node in zip(_as_list(data[key]), _items(nodes[key]))]
     for key in ("device", "batch_size", "precision", "scoring", "lpips", "eot", "eps_batch", "memory", "compile"):
         if key in data:
-            setattr(suite, key, data[key])
+            setattr(suite, key, _typed(path, nodes[key], key, data[key]))
     if "metrics" in data:
         suite.metrics = [str(v) for v in _as_list(data["metrics"])]
     if "radius" in data:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from udcbench.data import synth
 from udcbench.data.displays import Display, display_pattern, load_display
-from udcbench.errors import SpecError
+from udcbench.errors import DataError, SpecError
 
 OPEN = Display("open", pitch_um=168.0, open_x=1.0, open_y=1.0, transmittance=(1.0, 1.0, 1.0))
 # f 10 mm, D 1 mm, 0.5 µm point-sampled pixels: Airy rings at 1.22 λ f / D = 7.4 µm (R) / 5.7 µm (B) = 15 / 11.5 px
@@ -312,7 +312,7 @@ def test_load_display(tmp_path):
     with pytest.raises(SpecError, match="all black"):
         load_display(str(tmp_path / "black.png"))
     (tmp_path / "broken.png").write_bytes(b"not an image")
-    with pytest.raises(SpecError, match="broken.png"):
+    with pytest.raises(DataError, match="broken.png"):  # an unreadable file is a data error
         load_display(str(tmp_path / "broken.png"))
     rgb = np.zeros((10, 10, 3), np.uint8)
     rgb[2:8, 3:7] = 255

@@ -239,8 +239,9 @@ def test_the_compiled_graphs_attention_layout_computes_the_eager_values(monkeypa
     traced_out, traced_grad = forward_backward()
     assert torch.allclose(traced_out, eager_out, rtol=0, atol=1e-6)
     # float32 gradients through the whole network: the two layouts sum in different orders, which moves
-    # single values by a few ulps (1.3e-5 relative seen on a 2-core CPU); a layout bug moves them by O(1)
-    assert torch.allclose(traced_grad, eager_grad, rtol=1e-4, atol=1e-8)
+    # single values by a few ulps (1.3e-5 relative seen on a 2-core CPU, more in a full-suite process), near
+    # zero relative to the largest; a layout bug moves them by O(1)
+    assert torch.allclose(traced_grad, eager_grad, rtol=1e-4, atol=1e-5 * eager_grad.abs().max().item())
     attention = next(m for m in model.modules() if type(m).__name__ == "WindowAttention")
     table, index = attention.relative_position_bias_table, attention.relative_position_index.view(-1)
     one_hot = table.t() @ (torch.arange(len(table))[:, None] == index).to(table.dtype)

@@ -44,7 +44,7 @@ def test_distill_writes_a_surrogate_file(tmp_path):
     ({"--arch": "nosuch"}, "unknown model 'nosuch'"),
     ({"--target": "nosuch"}, "unknown model 'nosuch'"),
     ({"--out": "{tmp}"}, "is a folder"),
-    ({"--out": "{tmp}/a-file.txt/s.safetensors"}, "is not a writable folder"),
+    ({"--out": "{tmp}/a-file.txt/s.safetensors"}, "is a file, not a folder"),
     ({"--out": "{tmp}/s.pth"}, "must end in .safetensors"),
 ])
 def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, change, message):

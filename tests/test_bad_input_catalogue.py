@@ -218,8 +218,8 @@ CASES = {
     "leaderboard 0-byte db": (["leaderboard", "{zerodb}"], "empty (0 bytes)"),
     "leaderboard foreign db": (["leaderboard", "{notdb}"], "not a SQLite database"),
     "leaderboard format": (["leaderboard", "{base}", "--format", "nosuch"], "nosuch"),
-    "leaderboard output through a file": (["leaderboard", "{base}", "--output", "{file}/x.md"], "not a folder"),
-    "leaderboard output a folder": (["leaderboard", "{base}", "--output", "{A}"], "is a folder"),
+    "leaderboard output through a file": (["leaderboard", "{base}", "--out", "{file}/x.md"], "not a folder"),
+    "leaderboard output a folder": (["leaderboard", "{base}", "--out", "{A}"], "is a folder"),
     "leaderboard metric": (["leaderboard", "{base}", "--metric", "nosuch"], "nosuch"),
     "leaderboard rows": (["leaderboard", "{base}", "--rows", "nosuch"], "nosuch"),
     "check baseline missing": (["check", "{base}", "--baseline", "/no/such.csv"], "/no/such.csv"),
@@ -296,7 +296,7 @@ def test_the_catalogue_covers_every_command():
 
 @pytest.mark.parametrize("argv", [
     ["run", *FAST, "--out", "{ro}/run"],
-    ["leaderboard", "{base}", "--output", "{ro}/table.md"],
+    ["leaderboard", "{base}", "--out", "{ro}/table.md"],
     ["plot", "{base}", "--out", "{ro}/plots"],
     ["psf", "--out", "{ro}/psf.png"],
     ["synth", "--src", "{photos}", "--out", "{ro}/synth"],

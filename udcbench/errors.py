@@ -31,3 +31,7 @@ class StoreError(UdcbenchError):
 
 class MissingWeightsError(UdcbenchError):
     """Weights that udcbench cannot bundle (e.g. LPIPS backbones) are not on this machine."""
+
+
+class PluginError(UdcbenchError):
+    """An installed third-party package's entry point does not import or registers an incomplete entry."""

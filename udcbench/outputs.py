@@ -2,7 +2,7 @@
 computing (a read-only folder, a path through a file) refuses up front in one line, with nothing created.
 
 `check_folder` is for outputs that are folders (`run --out`, `plot --out`, `synth --out`); `check_file` for those
-that are files (`train --out W.safetensors`, `psf --out P.png`, `leaderboard --output T.md`). Both accept a path
+that are files (`train --out W.safetensors`, `psf --out P.png`, `leaderboard --out T.md`). Both accept a path
 whose missing parent folders can be created, and check the nearest existing one for write permission."""
 
 from __future__ import annotations

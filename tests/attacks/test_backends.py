@@ -79,8 +79,9 @@ def test_backend_defaults_and_metadata(name):
 
 @needs_advertorch
 def test_advertorch_backend_is_advertorch_used_by_hand(tiny_model, images):
-    """The wrapper adds nothing to advertorch's algorithm: LinfPGDAttack(model, loss=objective summed) as in
-    PROTOCOL §7, with its random start drawn from the same RNG state, gives the same images."""
+    """The wrapper adds nothing to advertorch's algorithm: LinfPGDAttack(model, loss=objective summed) used by
+    hand with the import shims of udcbench/attacks/backends.py, with its random start drawn from the same RNG
+    state, gives the same images."""
     degraded, gt = images
     objective = make_objective("mse-clean")
     with torch.no_grad():
@@ -144,7 +145,8 @@ def test_missing_extra_is_one_line_naming_the_extra(monkeypatch, library):
     monkeypatch.setitem(sys.modules, library, None)  # `import library` now fails as if it were not installed
     with pytest.raises(MissingExtraError) as raised:
         make_attack(f"{library}:pgd")
-    assert str(raised.value) == f"{library}:pgd needs {library}; install it with pip install 'udcbench[xcheck]'"
+    assert str(raised.value) == (f"{library}:pgd needs {library}; install it with pip install -c constraints.txt "
+                                 "'udcbench[xcheck]'")
     assert not available(library)
 
 
@@ -158,7 +160,8 @@ def test_broken_library_is_one_line_naming_the_extra(monkeypatch, tmp_path):
         make_attack("foolbox:pgd")
     message = str(raised.value)
     assert "\n" not in message
-    assert "RuntimeError: CUDA build on a CPU torch" in message and "pip install 'udcbench[xcheck]'" in message
+    assert "RuntimeError: CUDA build on a CPU torch" in message
+    assert "pip install -c constraints.txt 'udcbench[xcheck]'" in message
 
 
 def test_advertorch_shims_are_scoped():

@@ -358,7 +358,7 @@ def mipi_no_gt(root):
 
 def psf_bad(root):
     write_synth(root)
-    np.save(root / "PSF" / "ZTE_new" / "ZTE_new_psf_1.npy", np.zeros((3, 7, 7), np.float32))
+    np.save(root / "PSF" / "ZTE_new" / "ZTE_new_psf_1.npy", np.zeros((4, 7, 7), np.float32))  # (3, 7, 7) is read
 
 
 BAD = {
@@ -369,7 +369,7 @@ BAD = {
     "wrong mat dtype": (eccv_wrong_dtype, "toled:{root}", "test", ["double (3, 32, 32, 3)", "expected uint8"]),
     "mat shape mismatch": (eccv_mismatch, "toled:{root}", "test", ["(3, 32, 40, 3)", "match one to one"]),
     "mat v7.3": (lambda root: (write_eccv(root, splits=("test",)), v73(root / "toled_test_gt.mat")),
-                 "toled:{root}", "test", ["v7.3", "pip install h5py", "-v7"]),
+                 "toled:{root}", "test", ["v7.3", "pip install -c constraints.txt h5py", "-v7"]),
     "mat truncated": (lambda root: (write_eccv(root, splits=("test",)), truncate(root / "toled_test_gt.mat")),
                       "toled:{root}", "test", ["toled_test_gt.mat", "truncated"]),
     "mat garbage": (lambda root: (write_eccv(root, splits=("test",)),

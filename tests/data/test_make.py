@@ -1,15 +1,21 @@
 """`udcbench synth` / `udcbench psf` and `udcbench.data.make`: layouts, reproducibility, bad input, atomicity."""
 
 import json
+import os
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from udcbench.cli import app
 from udcbench.data import load_dataset, make, synth
 from udcbench.data.make import SynthConfig, make_dataset
+from udcbench.data.readers import inspect_psf, read_psf
+from udcbench.errors import DataError
 
 runner = CliRunner()
 # small optics so each PSF is a ~500² FFT: 8 µm pixels behind a 2 mm aperture, a 15-px PSF
@@ -127,8 +133,9 @@ def test_psf_command_draws_the_psf(tmp_path):
     assert "first diffraction order" in result.output
     picture = np.asarray(Image.open(out))
     assert picture.shape == (41 * 4, 41 * 4, 3)
-    kernel = np.load(out.with_suffix(".npy"))
-    assert kernel.shape == (3, 41, 41) and np.allclose(kernel.sum(axis=(1, 2)), 1, atol=1e-5)
+    kernel = np.load(out.with_suffix(".npy"))  # (k, k, 3) PSF × transmittance, as synth's psf.npy
+    assert kernel.shape == (41, 41, 3) and kernel.dtype == np.float32
+    assert np.allclose(kernel.sum(axis=(0, 1)), synth.DISPLAYS["poled"].transmittance, atol=1e-5)
     centre = picture.shape[0] // 2
     assert picture[centre, centre].max() == 255
 
@@ -190,6 +197,63 @@ def test_a_failure_midway_leaves_nothing_behind(tmp_path, photos, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         make_dataset(photos, tmp_path / "out", SynthConfig(size=32), FAST_OPTICS)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+
+
+@pytest.fixture
+def umask():
+    """set(mask) for this test; the process's umask is restored after."""
+    previous = []
+
+    def set_mask(mask: int) -> None:
+        previous.append(os.umask(mask))
+
+    yield set_mask
+    if previous:
+        os.umask(previous[0])
+
+
+def modes(root: Path) -> dict[str, set[int]]:
+    paths = [root, *root.rglob("*")]
+    return {"dirs": {stat.S_IMODE(p.stat().st_mode) for p in paths if p.is_dir()},
+            "files": {stat.S_IMODE(p.stat().st_mode) for p in paths if p.is_file()}}
+
+
+def test_synth_and_psf_write_with_the_umask_modes_as_mkdir_would(tmp_path, photos, umask):
+    umask(0o027)  # neither mkdtemp's 0700 nor a fixed 0755: the modes must follow the umask
+    out = tmp_path / "set"
+    assert invoke("synth", "--src", photos, "--out", out, *FAST).exit_code == 0
+    assert modes(out) == {"dirs": {0o750}, "files": {0o640}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "set"]  # the staging folder is gone
+    umask(0o022)
+    picture = tmp_path / "pics" / "psf.png"
+    assert invoke("psf", "--out", picture, "--pixel-um", "8", "--aperture-mm", "2", "--psf-size", "15").exit_code == 0
+    assert modes(picture.parent) == {"dirs": {0o755}, "files": {0o644}}  # not mkstemp's 0600
+    assert sorted(p.name for p in picture.parent.iterdir()) == ["psf.npy", "psf.png"]
+
+
+def test_psf_and_synth_write_the_same_psf_file_and_both_layouts_load_the_same(tmp_path, photos):
+    out = tmp_path / "set"
+    assert invoke("synth", "--display", "poled", "--src", photos, "--out", out, *FAST).exit_code == 0
+    picture = tmp_path / "psf.png"
+    result = invoke("psf", "--display", "poled", "--out", picture, "--pixel-um", "8", "--aperture-mm", "2",
+                    "--psf-size", "15")
+    assert result.exit_code == 0, result.output
+    written = np.load(picture.with_suffix(".npy"))
+    assert written.shape == (15, 15, 3) and written.dtype == np.float32
+    assert np.array_equal(written, np.load(out / "psf.npy"))
+    assert np.array_equal(written, np.load(out / "PSF" / "poled" / "poled_psf_1.npy"))
+    # an older (3, k, k) file (`udcbench psf` before, the bundled udc-mini PSF) is read by its shape
+    old = tmp_path / "old.npy"
+    np.save(old, written.transpose(2, 0, 1))
+    for path in (old, out / "psf.npy"):
+        inspect_psf(path)
+        assert torch.equal(read_psf(path), torch.from_numpy(written.transpose(2, 0, 1).copy()))
+    np.save(old, np.zeros((4, 5, 6), np.float32))
+    with pytest.raises(DataError, match=r"\(h, w, 3\) array \(or \(3, h, w\)\)"):
+        inspect_psf(old)
+    bundled = load_dataset("udc-mini", limit=1)[0].extras["psf"]
+    assert bundled.shape == (3, 63, 63)
+    assert np.allclose(bundled.sum(dim=(1, 2)), synth.DISPLAYS["mini"].transmittance, atol=1e-5)
 
 
 def test_psf_rejects_a_non_png_target(tmp_path):

@@ -83,7 +83,7 @@ def test_other_schedules_match_their_definitions():
 
 def test_default_unet_size_and_shapes():
     unet = PriorUNet()
-    assert sum(p.numel() for p in unet.parameters()) == 1_063_651  # regression guard; PROTOCOL §8 used ~1.4 M
+    assert sum(p.numel() for p in unet.parameters()) == 1_063_651  # regression guard
     assert unet.multiple == 4
     with torch.no_grad():
         assert unet(torch.randn(2, 3, 64, 48), torch.tensor([3, 700])).shape == (2, 3, 64, 48)

@@ -11,7 +11,8 @@ from udcbench.metrics.pyiqa_backend import pyiqa_metric
 
 def check_message(message, name="lpips"):
     assert message.startswith(f"pyiqa:{name} needs pyiqa, which does not import here (")
-    assert "pip install 'udcbench[pyiqa]'" in message and "torchvision works" in message
+    assert "pip install -c constraints.txt 'udcbench[pyiqa]'" in message and "torchvision works" in message
+    assert f"built for the installed torch (here {torch.__version__})" in message
     assert "\n" not in message
 
 

@@ -9,7 +9,7 @@ from udcbench.models.nafnet import CONFIGS, LayerNorm2d, NAFNet
 
 torch.set_num_threads(1)
 
-# w32: PROTOCOL.md §4 (29.16 M); w64: the SIDD width-64 release, counted by building the official structure
+# w32: the SIDD width-32 release (29.16 M); w64: the SIDD width-64 release, counted by building the official structure
 OFFICIAL_PARAMETERS = {"nafnet-w32": (29.16e6, 1e4), "nafnet-w64": (115_982_915, 1)}
 
 

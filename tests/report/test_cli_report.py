@@ -36,7 +36,7 @@ def test_leaderboard_pivot_prints_and_writes_the_table(grid, tmp_path):
     assert result.stdout == written.read_text() and result.stdout.startswith(r"\begin{table}")
     out = tmp_path / "ssim.csv"
     result = invoke("leaderboard", grid, "--rows", "model", "--cols", "defense", "--metric", "ssim_gt",
-                    "--where", "attack=pgd", "--where", "eps=8/255", "--format", "csv", "--output", out)
+                    "--where", "attack=pgd", "--where", "eps=8/255", "--format", "csv", "--out", out)
     assert result.exit_code == 0, result.output
     assert out.read_text() == result.stdout == tables.to_csv(
         tables.pivot(grid_rows(grid), ["model"], ["defense"], "ssim_gt", ["attack=pgd", "eps=8/255"]))
@@ -50,7 +50,7 @@ def test_leaderboard_pivot_errors_are_one_line(tmp_path):
     hidden = invoke("leaderboard", folder, "--rows", "model,defense")
     assert one_error_line(hidden, "threat takes gray-box, adaptive", "--where threat=")
     assert one_error_line(invoke("leaderboard", folder, "--metric", "psnr"), "unknown metric", "psnr_gt")
-    assert one_error_line(invoke("leaderboard", folder, "--format", "html", "--output", tmp_path / "no" / "t.html"),
+    assert one_error_line(invoke("leaderboard", folder, "--format", "html", "--out", tmp_path / "no" / "t.html"),
                           "folder does not exist")
     assert one_error_line(invoke("leaderboard", tmp_path / "nothing", "--format", "latex"), "results.db")
 

@@ -72,8 +72,10 @@ def test_where_filters_on_labels(grid):
     assert both.col_keys == (("2/255",), ("8/255",))
     with pytest.raises(SpecError, match="eps takes 2/255, 8/255, -"):
         tables.pivot(rows, None, None, where=["eps=4/255"])
-    with pytest.raises(SpecError, match="DIMENSION=VALUE"):
+    with pytest.raises(SpecError, match="unknown dimension 'colour'; dimensions: model, "):
         tables.pivot(rows, None, None, where=["colour=red"])
+    with pytest.raises(SpecError, match="DIMENSION=VALUE"):
+        tables.pivot(rows, None, None, where=["eps"])
     with pytest.raises(SpecError, match="both --rows and --cols"):
         tables.pivot(rows, ["model", "eps"], ["attack", "eps"])
 

@@ -4,7 +4,8 @@ Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", I
 advertorch (Ding et al., "AdverTorch v0.1", 2019: `LinfPGDAttack`) and foolbox (Rauber et al., JOSS 2020:
 `LinfPGD`). They exist to check that udcbench's native `pgd` is not weaker than a reference implementation
 (tests/attacks/test_backends.py requires native pgd to reach ≥ 99 % of advertorch's objective) and to time it
-against one (benchmarks/attack_overhead.py). Both need the `xcheck` extra: pip install 'udcbench[xcheck]'.
+against one (benchmarks/attack_overhead.py). Both need the `xcheck` extra: pip install -c constraints.txt
+'udcbench[xcheck]'.
 
 Distance: L∞, ‖δ‖∞ ≤ eps, and y + δ ∈ [0, 1] (both libraries clip to [0, 1]).
 Arguments: eps (8/255), alpha (None -> eps/4), steps (20), random_start (True: δ ~ U(−eps, eps)).
@@ -46,7 +47,7 @@ from torch import nn
 from udcbench.attacks.base import Attack, AttackKind, register_attack_class
 from udcbench.errors import MissingExtraError, SpecError
 
-INSTALL_HINT = "install it with pip install 'udcbench[xcheck]'"
+INSTALL_HINT = "install it with pip install -c constraints.txt 'udcbench[xcheck]'"
 
 
 # --- importing the libraries (lazily: `udcbench list attacks` never imports them) ---------------------------
@@ -88,7 +89,7 @@ def _torchvision_works() -> bool:
 
 @contextlib.contextmanager
 def _advertorch_shims():
-    """PROTOCOL §7: advertorch 0.2.3 imports `zero_gradients` (gone from torch) and torchvision (which may not
+    """advertorch 0.2.3 imports `zero_gradients` (gone from torch) and torchvision (which may not
     import). Provide both for the duration of the import only, never shadowing a working torchvision."""
     gradcheck = importlib.import_module("torch.autograd.gradcheck")
     added_zero_gradients = not hasattr(gradcheck, "zero_gradients")
@@ -276,5 +277,5 @@ for _cls, _paper in ((AdvertorchPGD, "Madry et al., ICLR 2018, via advertorch 0.
                                      "2019); returns the last iterate"),
                      (FoolboxPGD, "Madry et al., ICLR 2018, via foolbox 3.3.4 LinfPGD (Rauber et al., JOSS 2020); "
                                   "returns the last iterate")):
-    register_attack_class(_cls, paper=_paper)
+    register_attack_class(_cls, paper=_paper, extra="xcheck")
 del _cls, _paper

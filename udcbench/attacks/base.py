@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from udcbench.attacks.params import coerce_params
+from udcbench.attacks.params import check_names, coerce_params
 from udcbench.errors import SpecError
 from udcbench.registry import ATTACKS
 
@@ -286,10 +286,7 @@ def make_attack(name: str, **params) -> Attack:
     """Build a registered attack; unknown parameters are an error listing the valid ones."""
     entry = ATTACKS.get(name)
     defaults = entry.info.get("defaults", {})
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise SpecError(f"attack {name!r} has no parameter(s) {', '.join(unknown)}; its parameters are "
-                        f"{', '.join(f'{k}={v}' for k, v in defaults.items())}")
+    check_names(name, defaults, params)
     merged = coerce_params(name, defaults, {**defaults, **{k: v for k, v in params.items() if v is not None}})
     if "eps" in merged and isinstance(merged["eps"], str):
         norm = entry.info.get("norm", "linf")

@@ -12,6 +12,7 @@ import math
 from fractions import Fraction
 
 from udcbench.errors import SpecError
+from udcbench.registry import did_you_mean
 
 # `None` defaults that stand for a number chosen by the attack
 AUTO_NUMBERS = {"alpha": float, "const": float, "freq_dims": int}
@@ -54,6 +55,16 @@ def _flag(attack: str, key: str, value) -> bool:
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
     raise SpecError(f"{attack}: {key} must be true or false, got {value!r}; e.g. -p {key}=false")
+
+
+def check_names(attack: str, defaults: dict, params, where: str = "") -> None:
+    """SpecError naming every parameter of `params` that the attack does not have, each with the closest of its
+    parameters (`step` -> did you mean 'steps'?), and listing them (their defaults: `udcbench list attacks`)."""
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        named = ", ".join(f"{key}{did_you_mean(key, defaults)}" for key in unknown)
+        raise SpecError(f"{where}attack {attack!r} has no parameter(s) {named}; its parameters are "
+                        f"{', '.join(defaults)} (defaults: `udcbench list attacks`)")
 
 
 def coerce_params(attack: str, defaults: dict, params: dict) -> dict:

@@ -72,15 +72,20 @@ def invoked_command() -> str:
 
 
 def step_logger(steps: int, timed: bool = False):
-    """progress(step, loss) for training loops: one plain line every 5 % of `steps` (and the last)."""
+    """progress(step, loss) for training loops: one plain line every 5 % of `steps` (and the last), with the
+    ETA from the mean time per step so far (cli/progress.py)."""
     import time
 
-    every, started = max(1, steps // 20), time.time()
+    from udcbench.cli.progress import Pace, format_duration
+
+    every, started, pace = max(1, steps // 20), time.time(), Pace()  # its clock starts at the first step's end
 
     def log(step: int, loss: float) -> None:
+        pace.update(step, steps)
         if step % every == 0 or step == steps:
             elapsed = f" ({time.time() - started:.0f} s)" if timed else ""
-            console.print(f"step {step}/{steps} loss {loss:.4f}{elapsed}", highlight=False)
+            eta = f", ETA {format_duration(pace.eta())}" if step < steps and pace.eta() is not None else ""
+            console.print(f"step {step}/{steps} loss {loss:.4f}{elapsed}{eta}", highlight=False)
 
     return log
 

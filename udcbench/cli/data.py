@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Optional
 
@@ -51,15 +50,15 @@ PIXEL = typer.Option(2.0, "--pixel-um", help="Sensor pixel pitch in µm (the PSF
 PSF_SIZE = typer.Option(None, "--psf-size", help="Side of the simulated PSF in sensor pixels (odd); default: at "
                         "least 63, wide enough for the first diffraction orders.")
 WAVELENGTHS = typer.Option(None, "--wavelengths", help="Peak wavelengths R,G,B in nm (default 610,530,470).")
-SPECTRUM = typer.Option(None, "--spectrum", help="CSV nm,r,g,b: a spectral weighting per channel instead of "
-                        "single wavelengths.")
+SPECTRUM = typer.Option(None, "--spectrum", metavar="FILE", help="CSV nm,r,g,b: a spectral weighting per "
+                        "channel instead of single wavelengths.")
 
 
 def synth(
     display: str = DISPLAY,
     src: str = typer.Option(..., "--src", help="Folder of clean photos (PNG/JPEG; .npy HDR with --hdr), or "
                             "'skimage' for scikit-image's sample photos."),
-    out: Path = typer.Option(..., "--out", "-o", help="New folder for the dataset."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="New folder for the dataset."),
     size: int = typer.Option(256, "--size", help="Side of each square image in pixels."),
     noise: Optional[float] = typer.Option(None, "--noise", help="Photon level L of the Poisson-Gaussian noise "
                                           "(273 noisy … 10024 clean); default: no noise."),
@@ -73,7 +72,9 @@ def synth(
     focal_mm: float = FOCAL, aperture_mm: float = APERTURE, pixel_um: float = PIXEL,
     psf_size: Optional[int] = PSF_SIZE, wavelengths: Optional[str] = WAVELENGTHS, spectrum: Optional[Path] = SPECTRUM,
 ) -> None:
-    """Make a UDC dataset from clean photos with the physics simulator (PSF, blur, noise, HDR)."""
+    """Make a UDC dataset from clean photos with the physics simulator (PSF, blur, noise, HDR).
+
+    Example: udcbench synth --display toled --src skimage -o data/toled-sk"""
     from udcbench.data.make import SynthConfig, fit_optics, make_dataset, resolve_display
 
     check_folder(out)
@@ -115,19 +116,23 @@ def _wavelength(optics, channel: int) -> float:
 
 def psf(
     display: str = DISPLAY,
-    out: Path = typer.Option(Path("psf.png"), "--out", "-o", help="PNG picture to write (log scale); a .npy "
-                             "beside it holds the (3, k, k) PSF."),
+    out: Path = typer.Option(Path("psf.png"), "--out", "-o", metavar="FILE", help="PNG picture to write (log "
+                             "scale); a .npy beside it holds the PSF × transmittance, (k, k, 3) float32 as "
+                             "`synth`'s psf.npy."),
     pitch_um: Optional[float] = PITCH,
     opening: Optional[float] = OPENING,
     decades: int = typer.Option(4, "--decades", help="Orders of magnitude shown below the peak."),
     focal_mm: float = FOCAL, aperture_mm: float = APERTURE, pixel_um: float = PIXEL,
     psf_size: Optional[int] = PSF_SIZE, wavelengths: Optional[str] = WAVELENGTHS, spectrum: Optional[Path] = SPECTRUM,
 ) -> None:
-    """Simulate a display's point spread function and draw it (log scale) so you can look at it."""
+    """Simulate a display's point spread function and draw it (log scale) so you can look at it.
+
+    Example: udcbench psf --display toled -o psf.png"""
     from PIL import Image
 
     from udcbench.data import synth as simulator
     from udcbench.data.make import SynthConfig, fit_optics, resolve_display
+    from udcbench.report.leaderboard import write_atomic
 
     check_file(out, "--out", (".png",))
     if decades < 1:
@@ -137,17 +142,12 @@ def psf(
     optics = fit_optics(chosen, optics, psf_size=psf_size is None)
     kernel = simulator.simulate_psf(chosen, optics)
     picture = simulator.psf_picture(kernel, decades=decades)
+    png, npy = io.BytesIO(), io.BytesIO()
+    Image.fromarray(picture).save(png, format="PNG")
+    np.save(npy, simulator.psf_file(kernel, chosen))  # (k, k, 3) × transmittance: the psf.npy `synth` writes
     out.parent.mkdir(parents=True, exist_ok=True)
-    for target, write in ((out, lambda f: Image.fromarray(picture).save(f, format="PNG")),
-                          (out.with_suffix(".npy"), lambda f: np.save(f, kernel.astype(np.float32)))):
-        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(handle, "wb") as file:
-                write(file)
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+    for target, data in ((out, png), (out.with_suffix(".npy"), npy)):
+        write_atomic(target, data.getvalue())  # renamed into place; the umask's mode, not mkstemp's 0600
     console.print(f"wrote {out} ({picture.shape[1]}×{picture.shape[0]}, log scale, {decades} decades) and "
                   f"{out.with_suffix('.npy')}: display {chosen.name}, pitch {chosen.pitch_um:g} µm, opening "
                   f"ratio {chosen.opening_ratio:.3f}, f {optics.focal_mm:g} mm, D {optics.aperture_mm:g} mm, "

@@ -24,12 +24,15 @@ def finetune(
     t_min: int = typer.Option(10, "--t-min", help="Smallest purification t* drawn for a crop."),
     t_max: int = typer.Option(50, "--t-max", help="Largest purification t* drawn for a crop."),
     adv: Optional[str] = typer.Option(None, "--adv", help="pgd: adversarial fine-tuning (PGD-AT on the fly)."),
-    vgg19: Optional[Path] = typer.Option(None, "--vgg19", help="ImageNet VGG-19 weights (torchvision's "
+    vgg19: Optional[Path] = typer.Option(None, "--vgg19", metavar="FILE", help="ImageNet VGG-19 weights (torchvision's "
                                          "vgg19-dcbb9e9d.pth) for the perceptual loss; else L1 + SSIM."),
     seed: int = typer.Option(0, "--seed", help="Seed for crops, flips, t* and noise."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file (use with --defense ft:FILE)."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="FILE", help="Output .safetensors file (use with "
+                             "--defense ft:FILE)."),
 ) -> None:
-    """Fine-tune a restoration model on purified (defended) inputs, as the reference study does."""
+    """Fine-tune a restoration model on purified (defended) inputs, as the reference study does.
+
+    Example: udcbench finetune -m uformer --defense purify -o ft.safetensors"""
     from udcbench.defenses.finetune import FinetuneConfig, finetune as run_finetune
     from udcbench.models.train import check_training
 
@@ -51,9 +54,12 @@ def train_prior(
     crop: int = typer.Option(64, "--crop", help="Crop side = the prior's native tile size."),
     lr: float = typer.Option(2e-4, "--lr", help="Peak learning rate (cosine schedule)."),
     seed: int = typer.Option(0, "--seed", help="Seed for init, crops, flips, timesteps and noise."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file (use with --defense purify:prior=FILE)."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="FILE", help="Output .safetensors file (use with "
+                             "--defense purify:prior=FILE)."),
 ) -> None:
-    """Train the small image-prior diffusion model (DDPM, ε-prediction) that `purify` uses."""
+    """Train the small image-prior diffusion model (DDPM, ε-prediction) that `purify` uses.
+
+    Example: udcbench train-prior --steps 600 -o prior.safetensors"""
     import torch
 
     from udcbench.data import load_dataset
@@ -85,10 +91,12 @@ def train_guide(
     attack_steps: int = typer.Option(3, "--attack-steps", help="PGD steps of the inner maximisation."),
     t_max: int = typer.Option(100, "--t-max", help="Largest diffusion timestep a training crop is noised to."),
     seed: int = typer.Option(0, "--seed", help="Seed for init, crops, flips, timesteps, noise and PGD starts."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file (use with --defense "
-                             "purify:guide=adv:FILE)."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="FILE", help="Output .safetensors file (use with "
+                             "--defense purify:guide=adv:FILE)."),
 ) -> None:
-    """Train the adversarially robust guide network of purify:guide=adv (Lin et al., 2024)."""
+    """Train the adversarially robust guide network of purify:guide=adv (Lin et al., 2024).
+
+    Example: udcbench train-guide --steps 400 -o guide.safetensors"""
     import torch
 
     from udcbench.data import load_dataset

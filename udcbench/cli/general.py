@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
 from rich.table import Table
 
 from udcbench.cli.common import console, invoked_command, step_logger
@@ -28,12 +29,26 @@ class Kind(str, Enum):
     metrics = "metrics"
 
 
-def list_(kind: Kind = typer.Argument(..., help="What to list.")) -> None:
-    """List registered models, attacks, defenses, datasets or metrics."""
+def list_kind(text: str) -> Kind:
+    """`udcbench list KIND`: the kind, or one error line with the closest kind and every choice."""
+    from udcbench.registry import did_you_mean
+
+    choices = [kind.value for kind in Kind]
+    if text not in choices:
+        raise UdcbenchError(f"unknown kind {text!r}{did_you_mean(text, choices)}; choose from {', '.join(choices)}")
+    return Kind(text)
+
+
+def list_(kind: str = typer.Argument(..., help="What to list: models, attacks, defenses, datasets or metrics.")
+          ) -> None:
+    """List registered models, attacks, defenses, datasets or metrics.
+
+    Example: udcbench list attacks"""
     from udcbench import registry
-    from udcbench.models import bundled_weights
+    from udcbench.models import bundled_weights, family_caption
     from udcbench.report.leaderboard import format_eps
 
+    kind = list_kind(kind)
     entries = getattr(registry, kind.value.upper()).entries()
     table = Table(title=kind.value, title_justify="left")
     if kind is Kind.models:
@@ -49,8 +64,9 @@ def list_(kind: Kind = typer.Argument(..., help="What to list.")) -> None:
                           "training-free" if entry.info.get("weights_free") else
                           "bundled" if bundled_weights(entry.name) else "--weights FILE|random",
                           entry.info["contract"].describe(), options or "-", entry.info.get("paper", ""))
+        table.caption = escape(family_caption())
     elif kind is Kind.attacks:
-        for column in ("name", "kind", "norm", "defaults", "paper"):
+        for column in ("name", "kind", "norm", "defaults", "needs", "paper"):
             table.add_column(column, no_wrap=column == "name")
         for entry in entries:
             norm = entry.info.get("norm", "linf")
@@ -58,7 +74,7 @@ def list_(kind: Kind = typer.Argument(..., help="What to list.")) -> None:
                 f"{k}={NONE_SHOWN.get(k, 'auto') if v is None else format_eps(v, norm) if k == 'eps' else v}"
                 for k, v in entry.info.get("defaults", {}).items())
             table.add_row(entry.name, entry.info.get("kind", ""), entry.info.get("norm", ""), defaults,
-                          entry.info.get("paper", ""))
+                          escape(registry.needs(entry)), entry.info.get("paper", ""))
     elif kind is Kind.datasets:
         for column in ("--data", "description", "layout"):
             table.add_column(column, no_wrap=column == "--data")
@@ -70,14 +86,18 @@ def list_(kind: Kind = typer.Argument(..., help="What to list.")) -> None:
     else:
         table.add_column("name", no_wrap=True)
         table.add_column("description")
+        table.add_column("needs")
         for entry in entries:
-            table.add_row(entry.name, entry.info.get("description", entry.info.get("kind", "")))
+            table.add_row(entry.name, entry.info.get("description", entry.info.get("kind", "")),
+                          escape(registry.needs(entry)))
     console.print(table)
 
 
 def _metric_rows(table) -> None:
     """`udcbench list metrics`: every registered metric's descriptor (udcbench.metrics.base)."""
     from udcbench.metrics.base import registered
+    from udcbench.metrics.pyiqa_backend import caption
+    from udcbench.registry import needs_met
 
     for column in ("name", "better", "unit", "digits", "check ±", "min px", "columns", "needs", "description"):
         table.add_column(column, no_wrap=column in ("name", "better"))
@@ -86,8 +106,8 @@ def _metric_rows(table) -> None:
         table.add_row(metric.name + (" (always)" if metric.default else ""),
                       "higher" if metric.higher_is_better else "lower", metric.unit or "-", str(metric.digits),
                       f"{metric.tolerance:g}", str(metric.min_size), f"{metric.column}_{{{pairs}}}",
-                      metric.needs or "-", metric.description)
-    table.caption = "pyiqa:NAME scores any full-reference pyiqa metric (an optional extra) as pyiqa_NAME_*"
+                      escape(needs_met(metric.needs, metric.check)), metric.description)
+    table.caption = escape(caption())
 
 
 def load(
@@ -95,7 +115,9 @@ def load(
     weights: Optional[str] = typer.Option(None, "--weights", help="Checkpoint to verify (default: bundled)."),
     size: int = typer.Option(64, "--size", help="Side of the random test input."),
 ) -> None:
-    """Verify a checkpoint: load it strictly, run one forward pass, print parameters and input contract."""
+    """Verify a checkpoint: load it strictly, run one forward pass, print parameters and input contract.
+
+    Example: udcbench load uformer-t --weights Uformer_T.pth"""
     import time
 
     import torch
@@ -137,9 +159,11 @@ def train(
     crop: int = typer.Option(128, "--crop", help="Crop side in pixels."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (cosine schedule)."),
     seed: int = typer.Option(0, "--seed", help="Seed for init, crops and flips."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="FILE", help="Output .safetensors file."),
 ) -> None:
-    """Train a restoration model (how the bundled weights were made; see README)."""
+    """Train a restoration model from a seeded init, as the bundled weights were made (see README).
+
+    Example: udcbench train -m uformer-nano --steps 1500 -o nano.safetensors"""
     from udcbench.models.train import TrainConfig, check_training, train as train_model
 
     check_training(steps, batch_size, crop, lr)
@@ -185,10 +209,12 @@ def distill(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads while distilling (default: torch's; "
                                           "the same count reproduces the same bytes)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file (use with --attack transfer "
-                             "--surrogate FILE or --defense smooth:surrogate=FILE)."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="FILE", help="Output .safetensors file (use with --attack "
+                             "transfer --surrogate FILE or --defense smooth:surrogate=FILE)."),
 ) -> None:
-    """Distil a black-box model into a white-box surrogate from its outputs alone (DUCD, Li et al. 2024)."""
+    """Distil a black-box model into a white-box surrogate from its outputs alone (DUCD, Li et al. 2024).
+
+    Example: udcbench distill -t uformer -q 2048 -o surrogate.safetensors"""
     from udcbench.models.distill import DistillConfig, distill as run_distill
 
     config = DistillConfig(target=target, weights=weights, data=data, queries=queries, arch=arch, crop=crop,

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from udcbench.cli.common import console
+from udcbench.cli.progress import progress_interval, track
 from udcbench.errors import DataError, SpecError
 from udcbench.outputs import check_file, check_folder
 
@@ -46,13 +47,24 @@ def _dimensions(text: Optional[str]) -> Optional[list[str]]:
     return None if text is None else [name for name in text.split(",") if name.strip()]
 
 
-def _write(path: Path, text: str) -> Path:
+def _write(path: Path, text: str, flag: str = "--out") -> Path:
     from udcbench.report.leaderboard import write_atomic
 
-    check_file(path, "--output")
+    check_file(path, flag)
     if not path.parent.is_dir():
-        raise SpecError(f"cannot write --output {path}: its folder does not exist; pass a file in an existing folder")
+        raise SpecError(f"cannot write {flag} {path}: its folder does not exist; pass a file in an existing folder")
     return write_atomic(path, text)
+
+
+def _table_options(format: Format, names: Optional[str], label: Optional[str], caption: Optional[str]):
+    """--names as names.load_names reads it; --label and --caption refused where the format has none."""
+    from udcbench.report.names import load_names
+
+    if label is not None and format is not Format.latex:
+        raise SpecError(f"--label sets the LaTeX \\label; it applies to --format latex only, not {format.value}")
+    if caption is not None and format is Format.csv:
+        raise SpecError("a CSV table has no caption; --caption applies to --format md, latex and html")
+    return load_names(names)
 
 
 def leaderboard_(
@@ -71,36 +83,56 @@ def leaderboard_(
                                          "cert@R beside the attacked value (dimension bound)."),
     where: list[str] = typer.Option([], "--where", help="Pivot table: keep rows with DIMENSION=VALUE "
                                     "(repeatable; values of one dimension are alternatives), e.g. eps=8/255."),
-    output: Optional[Path] = typer.Option(None, "--output", help="File to write (default DIR/leaderboard.FORMAT, "
-                                          "or DIR/table-METRIC.{md,csv,tex,html} for a pivot table)."),
+    names: Optional[str] = typer.Option(None, "--names", metavar="raw|display|FILE.yaml", help="Pivot table: "
+                                        "raw labels (default), display names for papers (Uformer-T, PGD, C&W, "
+                                        "Purify+FT; capitalised headers, ε = 8/255 column headers), or a YAML "
+                                        "file of your own raw: display names on top of those."),
+    label: Optional[str] = typer.Option(None, "--label", help="Pivot table, latex: the \\label key (default "
+                                        "tab:udcbench-METRIC), e.g. tab:robustness."),
+    caption: Optional[str] = typer.Option(None, "--caption", help="Pivot table, md/latex/html: caption text "
+                                          "instead of the generated one (escaped for the format)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FILE", help="File to write (default "
+                                       "DIR/leaderboard.FORMAT, or DIR/table-METRIC.{md,csv,tex,html} for a pivot "
+                                       "table)."),
+    old_output: Optional[Path] = typer.Option(None, "--output", hidden=True),  # --out's old name, deprecated
 ) -> None:
-    """Re-render the leaderboard of a run folder from its stored rows, or a pivot table of one metric
-    (mean ± std over images; with --rows/--cols/--metric/--where, and always for latex and html)."""
+    """Re-render the leaderboard of a run folder from its stored rows, or a pivot table of one metric.
+
+    A pivot table (mean ± std over images) is made with --rows, --cols, --metric or --where, and always for latex
+    and html.
+
+    Example: udcbench leaderboard runs/demo --format latex -o table.tex"""
     from udcbench.report import leaderboard, tables
 
+    if out is not None and old_output is not None:
+        raise SpecError("--output is the old name of --out; give only --out FILE")
+    flag, output = ("--out", out) if old_output is None else ("--output", old_output)
     stored = stored_rows(directory)
     if output is not None:
-        check_file(output, "--output")
-    if rows is None and cols is None and metric is None and not where and format in (Format.md, Format.csv):
+        check_file(output, flag)
+    shown = _table_options(format, names, label, caption)
+    if rows is None and cols is None and metric is None and not where and format in (Format.md, Format.csv) \
+            and shown is None and label is None and caption is None:
         table = leaderboard.summarise(stored)
         text = leaderboard.to_markdown(table) if format is Format.md else leaderboard.to_csv(table)
         if output is None:
             leaderboard.write(table, directory, formats=(format.value,))
         else:
-            _write(output, text)
+            _write(output, text, flag)
         sys.stdout.write(text)
         return
-    table = tables.pivot(stored, _dimensions(rows), _dimensions(cols), metric or "psnr_gt", where)
-    text = tables.RENDERERS[format.value](table)
-    path = _write(output or directory / f"table-{table.name}.{SUFFIXES[format.value]}", text)
+    table = tables.pivot(stored, _dimensions(rows), _dimensions(cols), metric or "psnr_gt", where, names=shown)
+    text = tables.RENDERERS[format.value](tables.titled(table, label, caption))
+    path = _write(output or directory / f"table-{table.name}.{SUFFIXES[format.value]}", text, flag)
     sys.stdout.write(text)
     notes.print(f"wrote {escape(str(path))}", highlight=False, soft_wrap=True)
 
 
 def check_(
     directory: Path = typer.Argument(..., help="A --out folder of `udcbench run`."),
-    baseline: Path = typer.Option(Path("leaderboards/ci.csv"), "--baseline", help="Committed leaderboard CSV "
-                                  "to compare with (as `udcbench leaderboard DIR --format csv` writes it)."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", metavar="FILE", help="Required: the leaderboard "
+                                            "CSV to compare with (as `udcbench leaderboard DIR --format csv` "
+                                            "writes it), e.g. leaderboards/ci.csv in the udcbench repository."),
     tolerance: float = typer.Option(0.05, "--tolerance", help="Largest allowed move of a PSNR column, in dB."),
     ssim_tolerance: float = typer.Option(0.005, "--ssim-tolerance", help="Largest allowed move of an SSIM or "
                                          "LPIPS column."),
@@ -110,14 +142,23 @@ def check_(
                                                "`udcbench list metrics`; certified PSNR: certified-psnr=VALUE "
                                                "or certified-psnr@R=VALUE, default 0.05 dB); repeatable."),
 ) -> None:
-    """CI gate: fail (exit 1) when the leaderboard of DIR lost a baseline configuration, changed an image
-    count, or moved a metric beyond the tolerance. Each offending cell is printed on its own line."""
+    """CI gate: compare the leaderboard of a run folder with a baseline leaderboard and fail (exit 1) if it moved.
+
+    It fails when DIR lost a baseline configuration, changed an image count, or moved a metric beyond the
+    tolerance; each offending cell is printed on its own line. --baseline has no default: give the committed CSV
+    to compare with.
+
+    Example: udcbench check runs/ci --baseline leaderboards/ci.csv"""
     from udcbench.report import check
+
+    if baseline is None:
+        raise SpecError("no --baseline given; give --baseline FILE, the leaderboard.csv to compare with (e.g. "
+                        "leaderboards/ci.csv in the udcbench repository)")
 
     result = check.check(directory, baseline, tolerance, ssim_tolerance, strict,
                          metric_tolerances=check.parse_metric_tolerances(metric_tolerance))
-    for finding in result.failures:
-        console.print(f"FAIL {finding.describe()}", markup=False, highlight=False, soft_wrap=True, style="red")
+    for line in result.report_lines():
+        console.print(f"FAIL {line}", markup=False, highlight=False, soft_wrap=True, style="red")
     for finding in result.new:
         console.print(finding.describe(), markup=False, highlight=False, soft_wrap=True,
                       style="red" if strict else "yellow")
@@ -155,7 +196,7 @@ def _plot_certified(stored, folder: Path, grid_options: dict) -> None:
 
 def plot(
     directory: Path = typer.Argument(..., help="A --out folder of `udcbench run`."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the PNGs (default: DIR)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help="Folder for the PNGs (default: DIR)."),
     kind: PlotKind = typer.Option(PlotKind.eps, "--kind", help="eps (default): psnr_vs_eps.png and "
                                   "image_grid.png; certified: certified_vs_radius.png, certified PSNR against the "
                                   "L2 radius (runs with --defense smooth:… --radius)."),
@@ -165,9 +206,13 @@ def plot(
     run: list[str] = typer.Option([], "--run", help="Run hash (or a unique prefix) to show in the grid "
                                   "(repeatable; default: up to 4 runs at the largest eps, one per defense)."),
 ) -> None:
-    """Draw psnr_vs_eps.png (the metric against the attack budget) and image_grid.png (one image replayed
-    through the chosen runs: y, y′, f(y), f(y′), the defended output, ground truth, amplified δ); with --kind
-    certified, certified_vs_radius.png (certified PSNR vs ground truth against the radius) instead."""
+    """Draw the figures of a run folder: a metric against the attack budget and an image grid, or certified PSNR.
+
+    psnr_vs_eps.png shows the metric against the attack budget, image_grid.png one image replayed through the
+    chosen runs (y, y′, f(y), f(y′), the defended output, ground truth, amplified δ); with --kind certified,
+    certified_vs_radius.png (certified PSNR vs ground truth against the radius) is drawn instead.
+
+    Example: udcbench plot runs/demo --metric ssim_gt -o figures"""
     from udcbench.report import plots
 
     stored = stored_rows(directory)
@@ -178,6 +223,7 @@ def plot(
     name = plots.choose_image(stored, hashes, image)
     if metric is not None:  # an unknown metric is refused before the folder is made
         plots.resolve_metric(metric, stored)
+    progress_interval()  # a bad UDCBENCH_PROGRESS_INTERVAL too
     check_folder(out or directory)
     folder = _folder(out or directory)
     try:
@@ -188,11 +234,12 @@ def plot(
     replay = _replay()
     runs = plots.runs_table(stored).set_index("run_hash")
     panels = []
-    for run_hash in hashes:
+    for run_hash in track(hashes, console, "replaying", "runs", lambda h: f"{h} {runs.loc[h, 'label']}"):
         panel = dict(replay(directory, run_hash, name))
         panel.setdefault("label", runs.loc[run_hash, "label"])
         panel.setdefault("eps", runs.loc[run_hash, "eps_value"])
         panel.setdefault("norm", runs.loc[run_hash, "norm"])
+        panel.setdefault("defense", runs.loc[run_hash, "defense"])  # 'none': the grid leaves out the defended column
         panels.append(panel)
     layout = plots.image_grid(panels, folder / "image_grid.png")
     console.print(f"wrote {escape(str(layout.path))} (image {escape(name)}; runs {', '.join(hashes)})",

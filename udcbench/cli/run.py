@@ -8,9 +8,9 @@ from typing import Optional
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from udcbench.cli.common import attack_variant, console, errors, parse_attack_params
+from udcbench.cli.progress import Reporter, progress_interval
 from udcbench.cli.show import show_table
 from udcbench.errors import UdcbenchError
 from udcbench.outputs import check_folder
@@ -57,8 +57,9 @@ def run(
                                      "comma-separate for several (default pgd)."),
     defense: list[str] = typer.Option([], "--defense", "-d", help="Defense spec; compose with '+', e.g. a+b; "
                                       "repeat for several (default none)."),
-    suite: Optional[Path] = typer.Option(None, "--suite", help="A suite YAML (e.g. benchmarks/ci.yaml): the cross "
-                                         "product of its models, attacks, ε, defenses and threat models."),
+    suite: Optional[Path] = typer.Option(None, "--suite", metavar="FILE", help="A suite YAML (e.g. "
+                                         "benchmarks/ci.yaml): the cross product of its models, attacks, ε, "
+                                         "defenses and threat models."),
     data: str = typer.Option("udc-mini", "--data", help="udc-mini, a folder of pairs, or FORMAT:ROOT "
                       "with FORMAT synth, toled, poled, mipi or pairs (`udcbench list datasets`)."),
     eps: list[str] = typer.Option([], "--eps", help="Budget: L∞ as a fraction like 8/255, or an L2 norm (e.g. 1.0) "
@@ -115,16 +116,21 @@ def run(
                                           "default: a local cluster for this command."),
     gpus_per_task: Optional[float] = typer.Option(None, "--gpus-per-task", help="Ray: GPUs each task declares "
                                                   "when running on CUDA (default 1)."),
-    out: Path = typer.Option(Path("udcbench-out"), "--out", "-o", help="Folder for results.db and leaderboards."),
+    out: Path = typer.Option(Path("udcbench-out"), "--out", "-o", metavar="DIR",
+                             help="Folder for results.db and leaderboards."),
 ) -> None:
-    """Attack restoration models on a dataset and score clean / attacked / defended outputs (PSNR, SSIM).
+    """Attack restoration models on a dataset and score clean, attacked and defended outputs (PSNR, SSIM).
+
     Several values, or --suite FILE, run the cross product, sharing clean outputs, purified inputs and gray-box
-    adversarial examples between runs; rerunning an interrupted command finishes only what is missing."""
+    adversarial examples between runs; rerunning an interrupted command finishes only what is missing.
+
+    Example: udcbench run -m uformer -a pgd --eps 8/255 --limit 4 -o runs/demo"""
     from udcbench.runner.executors import check_executor
     from udcbench.runner.suite import load_suite
 
     check_folder(out)  # a folder that cannot be written is refused before minutes of work
     check_executor(executor)
+    progress_interval()  # a bad UDCBENCH_PROGRESS_INTERVAL is refused before any model loads
     if any(not value.strip(" ,") for value in eps):
         raise UdcbenchError("--eps is empty; give a budget such as --eps 8/255, or leave --eps out for the "
                             "attack's default")
@@ -162,16 +168,11 @@ def run(
         run_many(plan_suite, specs, out, executor, address, gpus_per_task, suite)
 
 
-def progress_bar(total: int, description: str):
-    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[image]}"))
-    bar = Progress(*columns, console=console, transient=False)
-    task = bar.add_task(description, total=total, image="")
-
-    def progress(done: int, total: int, image: str) -> None:
-        bar.update(task, completed=done, total=total, image=escape(image))
-
-    return bar, progress
+def progress_bar(total: int, description: str, unit: str = "images"):
+    """(bar, progress) for a loop of `total` units: one Reporter (cli/progress.py) — a rich bar with an ETA from
+    this command's pace on a terminal, plain `progress:` lines in logs — to enter (`with bar:`) and to call."""
+    reporter = Reporter(console, description, unit, total=total)
+    return reporter, reporter
 
 
 def run_single(spec, out: Path) -> None:
@@ -222,7 +223,7 @@ def run_many(plan_suite, specs, out: Path, executor: str, address, gpus_per_task
         console.print(escape(note), highlight=False, soft_wrap=True)
     for warning in dict.fromkeys(w for job in plan.jobs for w in job.warnings):
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
-    bar, progress = progress_bar(plan.images, "running")
+    bar, progress = progress_bar(plan.images, "running", "rows")
     with interruptible(out):
         with bar:
             frame = run_suite(specs, out=out, progress=progress, executor=executor, address=address,

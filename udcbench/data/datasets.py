@@ -309,7 +309,7 @@ def udc_mini(split: str = "test", limit: int | None = None) -> FileDataset:
     dataset.info.value_range = tuple(meta["value_range"])
     dataset.info.identity = "udc-mini"
     transmittance = torch.tensor(meta["simulation"]["display"]["transmittance"], dtype=torch.float32)
-    psf = torch.from_numpy(np.load(BUNDLED_DIR / "psf.npy")).float()
+    psf = read_psf(BUNDLED_DIR / "psf.npy")  # bundled (3, 63, 63), each channel summing to 1; read by shape
     dataset.extras = {
         # the effective blur of the capture: the PSF scaled by the display's per-channel transmittance
         "psf": psf * transmittance[:, None, None],

@@ -5,12 +5,12 @@ unit cell given as a mask image (`mask`, transmission in [0, 1]). `transmittance
 light left after the panel *and* the camera's exposure compensation; it scales the image before the blur.
 
 Presets (`DISPLAYS`):
-- "toled": transparent OLED after PROTOCOL.md §6: 168 µm cells, one 0.58 × 0.36 opening (ratio 0.2088 ≈ the 0.21
-  reference). Orders at f·λ/pitch = 36 / 32 / 28 µm (R/G/B) for f = 10 mm.
+- "toled": a transparent OLED as the UDC literature describes the T-OLED panel: 168 µm cells, one 0.58 × 0.36
+  opening (ratio 0.2088 ≈ the 0.21 reference). Orders at f·λ/pitch = 36 / 32 / 28 µm (R/G/B) for f = 10 mm.
 - "mini": the embedded udc-mini set: 168 µm cells, 0.75 × 0.56 opening (ratio 0.42), a milder blur that a small
   network learns on a CPU in minutes.
-- "poled": a pentile-like phone P-OLED. PROTOCOL.md only says it transmits far less than T-OLED (a few %,
-  unverified), so every number here is our own, unverified choice: a 400 ppi panel (pitch 25.4 mm / 400 =
+- "poled": a pentile-like phone P-OLED. Published work only says it transmits far less than T-OLED (a
+  few %, unverified), so every number here is our own, unverified choice: a 400 ppi panel (pitch 25.4 mm / 400 =
   63.5 µm) with one small 0.40 × 0.30 opening per cell (ratio 0.12), standing in for the gaps between the
   diamond-pentile subpixels (a real RG/BG cell would add weaker orders; give a mask image for that).
   Transmittance (0.50, 0.42, 0.20) = the opening ratio relative to the 0.21 reference (0.57) times a yellowish
@@ -77,7 +77,7 @@ class Display:
 
 
 DISPLAYS = {
-    # 168 µm pitch, 0.58 × 0.36 opening, ratio 0.2088 (PROTOCOL's T-OLED reference ≈ 0.21)
+    # 168 µm pitch, 0.58 × 0.36 opening, ratio 0.2088 (the T-OLED reference ≈ 0.21)
     "toled": Display("toled", pitch_um=168.0, open_x=0.58, open_y=0.36, transmittance=(0.92, 0.88, 0.80)),
     # 63.5 µm pitch (400 ppi), 0.40 × 0.30 opening, ratio 0.12; unverified choices, see the module docstring
     "poled": Display("poled", pitch_um=63.5, open_x=0.40, open_y=0.30, transmittance=(0.50, 0.42, 0.20)),

@@ -16,7 +16,8 @@ are the transmittances) —, `psf_code.npy` (5,), `psf.png` (the PSF on a log sc
 `meta.json` (every simulation parameter, the seed, the photos and the split).
 
 The dataset is written into a temporary sibling folder and renamed into place at the end: an error or an
-interruption never leaves a half-written dataset under OUT.
+interruption never leaves a half-written dataset under OUT. Folders and files get the modes of the umask, as
+`mkdir` and `cp` would make them (0755 and 0644 under umask 022).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class SynthConfig:
 
     display: str = "toled"
     size: int = 256
-    noise: float | None = None  # photon level L of PROTOCOL.md §6 (273 … 10024, larger = cleaner); None: none
+    noise: float | None = None  # photon level L of the sensor noise (273 … 10024, larger = cleaner); None: none
     hdr: bool = False
     clip_max: float = 500.0
     layout: str = "synth"
@@ -227,11 +228,12 @@ def make_dataset(src: str | Path, out: str | Path, config: SynthConfig = SynthCo
         n_test = min(max(n_test, 1), len(photos) - 1)
     test_names = {photos[i][0] for i in order[:n_test]}
     margin = optics.psf_size // 2
-    transmittance = np.asarray(display.transmittance)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # 0700, private until renamed
+    staging = scratch / out.name
     try:
+        staging.mkdir()  # the dataset folder gets the umask's mode, as `mkdir` would make it (0755 under 022)
         splits: dict[str, list[str]] = {"train": [], "test": []}
         for index, (name, source) in enumerate(photos):
             image, is_hdr = _read_photo(source)
@@ -250,7 +252,7 @@ def make_dataset(src: str | Path, out: str | Path, config: SynthConfig = SynthCo
             splits[split].append(name)
             if progress is not None:
                 progress(index + 1, len(photos), name)
-        kernel = np.transpose(psf * transmittance[:, None, None], (1, 2, 0)).astype(np.float32)
+        kernel = synth.psf_file(psf, display)
         code = _psf_code(display, optics, psf).astype(np.float32)
         np.save(staging / "psf.npy", kernel)
         np.save(staging / "psf_code.npy", code)
@@ -272,7 +274,6 @@ def make_dataset(src: str | Path, out: str | Path, config: SynthConfig = SynthCo
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return meta

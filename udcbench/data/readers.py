@@ -240,16 +240,28 @@ def check_pixels(header: ImageHeader, hdr: bool) -> None:
 
 # ---- PSFs and kernel codes --------------------------------------------------------------------------------
 
+def psf_channels_last(shape: tuple[int, ...]) -> bool | None:
+    """The layout of a stored PSF, by its shape: True for (h, w, 3) — what udcbench writes and the dataset
+    formats hold —, False for (3, h, w) — older `udcbench psf` files and the bundled udc-mini PSF —, None for
+    neither. (3, 3, 3) reads as (h, w, 3)."""
+    if len(shape) != 3:
+        return None
+    return True if shape[2] == 3 else False if shape[0] == 3 else None
+
+
 def inspect_psf(path: Path) -> None:
     shape, dtype = npy_header(path)
-    if len(shape) != 3 or shape[2] != 3 or dtype.kind not in "fiu":
-        raise DataError(f"PSF {path} holds a {shape} {dtype} array; expected a numeric (h, w, 3) array — "
-                        "re-save it in that shape")
+    if psf_channels_last(shape) is None or dtype.kind not in "fiu":
+        raise DataError(f"PSF {path} holds a {shape} {dtype} array; expected a numeric (h, w, 3) array "
+                        "(or (3, h, w)) — re-save it in that shape")
 
 
 def read_psf(path: Path) -> torch.Tensor:
-    """A PSF stored (h, w, 3) -> (3, h, w) float32."""
-    return torch.from_numpy(np.ascontiguousarray(load_npy(path).transpose(2, 0, 1), dtype=np.float32))
+    """A PSF stored (h, w, 3) — or (3, h, w), detected by shape — -> (3, h, w) float32."""
+    array = load_npy(path)
+    if psf_channels_last(array.shape):
+        array = array.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
 def inspect_code(path: Path) -> None:
@@ -276,7 +288,7 @@ def _h5py():
 
 def _v73_error(path: Path) -> DataError:
     return DataError(f"{path} is a MATLAB v7.3 (HDF5) file, which scipy cannot read; re-save it as v7 in MATLAB "
-                     "(save(FILE, NAME, '-v7')) or `pip install h5py`")
+                     "(save(FILE, NAME, '-v7')) or `pip install -c constraints.txt h5py`")
 
 
 def _v5_truncated(path: Path) -> bool:

@@ -33,7 +33,7 @@ from udcbench.data.tonemap import inverse_tone_map, tone_map
 from udcbench.errors import SpecError
 
 __all__ = ["DISPLAYS", "Display", "Optics", "capture", "convolve", "display_pattern", "load_display", "metadata",
-           "poisson_gaussian", "psf_bank", "psf_code", "psf_picture", "read_spectrum", "sdr_to_linear",
+           "poisson_gaussian", "psf_bank", "psf_code", "psf_file", "psf_picture", "read_spectrum", "sdr_to_linear",
            "simulate_psf", "tone_map"]
 
 MAX_FFT = 16384  # largest FFT side simulate_psf accepts (16384² complex128 is already 4 GiB)
@@ -42,7 +42,7 @@ SDR_CAP = 254.5 / 255  # sdr_to_linear caps u here: the top of the last 8-bit co
 
 @dataclass(frozen=True)
 class Optics:
-    """Camera behind the display. Defaults follow PROTOCOL.md §6 (f = 10 mm, D = 4 mm, 2 µm pixels).
+    """Camera behind the display. Defaults: f = 10 mm, D = 4 mm, 2 µm pixels (as in the UDC literature).
 
     spectrum: optional, per channel (R, G, B) a tuple of (wavelength_nm, weight) pairs (see `read_spectrum`);
     when set it replaces wavelengths_nm: a channel's PSF is the weighted mean (weights normalised per channel)
@@ -203,7 +203,7 @@ def convolve(image: np.ndarray, psf: np.ndarray) -> np.ndarray:
 
 def poisson_gaussian(signal: np.ndarray, level: float, rng: np.random.Generator, read_std: float = 4.87,
                      full_well: float = 15506.0) -> np.ndarray:
-    """min(Poisson(L·s) + read_std·N(0,1), full_well) / L, as in PROTOCOL.md §6."""
+    """min(Poisson(L·s) + read_std·N(0,1), full_well) / L (Poisson-Gaussian sensor noise)."""
     electrons = rng.poisson(np.clip(signal, 0, None) * level) + read_std * rng.standard_normal(signal.shape)
     return np.minimum(electrons, full_well) / level
 
@@ -241,6 +241,14 @@ def capture(image: np.ndarray, display: Display, psf: np.ndarray, rng: np.random
     if noise_level is not None:
         blurred = poisson_gaussian(blurred, noise_level, rng, full_well=np.inf)
     return np.clip(blurred, 0.0, clip_max)
+
+
+def psf_file(psf: np.ndarray, display: Display) -> np.ndarray:
+    """What every psf.npy udcbench writes (`udcbench psf`, `udcbench synth`) holds: the blur a capture through
+    `display` goes through — the (3, k, k) PSF times the per-channel transmittance, so channel sums are the
+    transmittances — as (k, k, 3) float32, the layout of the dataset formats (DISCNet's SYNTH PSFs)."""
+    kernel = np.asarray(psf, dtype=np.float64) * np.asarray(display.transmittance)[:, None, None]
+    return np.ascontiguousarray(kernel.transpose(1, 2, 0), dtype=np.float32)
 
 
 def psf_picture(psf: np.ndarray, decades: int = 4, zoom: int = 4) -> np.ndarray:

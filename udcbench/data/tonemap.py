@@ -1,4 +1,5 @@
-"""The evaluation tone map of HDR data (PROTOCOL.md §5-6): u = x/(x+0.25), and its inverse x = 0.25·u/(1−u).
+"""The evaluation tone map of HDR data (DISCNet's SYNTH and the MIPI 2022 UDC challenge evaluate on it):
+u = x/(x+0.25), and its inverse x = 0.25·u/(1−u).
 
 Linear HDR radiance x ≥ 0 (1 = diffuse white; DISCNet SYNTH and MIPI hold [0, 500]) maps onto u in [0, 1).
 Both functions work on numpy arrays and torch tensors alike, so the data readers, the simulator and the model

@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from udcbench.errors import SpecError
+from udcbench.registry import did_you_mean
 
 ADM_FLAGS: dict[str, tuple[object, type]] = {
     "image_size": (64, int), "num_channels": (128, int), "num_res_blocks": (2, int), "channel_mult": ((), tuple),
@@ -68,7 +69,8 @@ def complete_flags(flags: dict) -> dict:
     """Every flag of ADM_FLAGS filled in (defaults for the absent ones), typed and checked."""
     unknown = sorted(set(flags) - set(ADM_FLAGS))
     if unknown:
-        raise SpecError(f"unknown ADM flag(s) {', '.join(unknown)}; valid flags: {', '.join(ADM_FLAGS)}")
+        named = ", ".join(f"{flag}{did_you_mean(flag, ADM_FLAGS)}" for flag in unknown)
+        raise SpecError(f"unknown ADM flag(s) {named}; valid flags: {', '.join(ADM_FLAGS)}")
     full = {name: _coerce(name, flags.get(name, default)) for name, (default, _) in ADM_FLAGS.items()}
     if full["class_cond"]:
         raise SpecError("class_cond=true is refused: udcbench purifies with unconditional models; use an "
@@ -82,14 +84,16 @@ def parse_adm_config(text: str) -> dict:
     """A full flag dict from a config name (`adm-256-uncond`), `adm:flag=value;…`, or `NAME:flag=value;…`."""
     name, _, overrides = text.strip().partition(":")
     if name != "adm" and name not in ADM_CONFIGS:
-        raise SpecError(f"unknown ADM config {name!r}; use one of {', '.join(ADM_CONFIGS)} or {CONFIG_FORM}")
+        raise SpecError(f"unknown ADM config {name!r}{did_you_mean(name, ADM_CONFIGS)}; use one of "
+                        f"{', '.join(ADM_CONFIGS)} or {CONFIG_FORM}")
     flags = dict(ADM_CONFIGS.get(name, {}))
     for piece in filter(None, (p.strip() for p in overrides.replace(",", ";").split(";"))):
         key, sep, value = piece.partition("=")
         if not sep or not key.strip():
             raise SpecError(f"ADM config piece {piece!r} is not flag=value; write {CONFIG_FORM}")
         if key.strip() not in ADM_FLAGS:
-            raise SpecError(f"unknown ADM flag {key.strip()!r}; valid flags: {', '.join(ADM_FLAGS)}")
+            raise SpecError(f"unknown ADM flag {key.strip()!r}{did_you_mean(key.strip(), ADM_FLAGS)}; valid flags: "
+                            f"{', '.join(ADM_FLAGS)}")
         flags[key.strip()] = value.strip()
     return complete_flags(flags)
 

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 
 from udcbench.errors import SpecError
-from udcbench.registry import DEFENSES
+from udcbench.registry import DEFENSES, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ def choice(*options: str) -> Callable[[str], str]:
         if text.strip() not in options:
             raise ValueError(text)
         return text.strip()
+    parse.options = options  # for the did-you-mean of an error message
     return parse
 
 
@@ -109,7 +110,8 @@ def _split(name: str, argument: str, settings: dict[str, Setting],
             found.append((keys[key], value, False))
     if unknown:
         listing = ", ".join(f"{key}={setting.default}" for key, setting in settings.items())
-        raise SpecError(f"defense {name!r} has no setting(s) {', '.join(sorted(set(unknown)))}; its settings are "
+        named = ", ".join(f"{key}{did_you_mean(key, keys)}" for key in sorted(set(unknown)))
+        raise SpecError(f"defense {name!r} has no setting(s) {named}; its settings are "
                         f"{listing} (write {name}:key=value,… with a key among {_key_list(settings)})")
     return found
 
@@ -118,7 +120,8 @@ def _invalid(name: str, argument: str, key: str, setting: Setting, value: str, b
     if bare:  # `jpeg:abc`: what the component takes, with the whole argument
         return SpecError(f"{name} takes {setting.expected}, e.g. {name}:{setting.default}; got '{name}:{argument}'")
     example = setting.example or f"{key}={setting.default}"
-    return SpecError(f"{name} {key}={value.strip()!r} must be {setting.expected}, e.g. {name}:{example}")
+    hint = did_you_mean(value.strip(), getattr(setting.parse, "options", ()))
+    return SpecError(f"{name} {key}={value.strip()!r}{hint} must be {setting.expected}, e.g. {name}:{example}")
 
 
 def parse_settings(name: str, argument: str | None, settings: dict[str, Setting], shorthand: str | None = None,

@@ -10,7 +10,8 @@
   0.1 dB of one trained 10 min.
 - `DiffusionPrior`: the network + schedule + native crop `size`; `predict_noise(x_t, t)`.
 - `save_prior` / `load_prior`: one .safetensors whose header carries the configuration, or a local diffusers
-  directory (a `UNet2DModel` + a scheduler config; needs the optional extra: pip install 'udcbench[diffusers]').
+  directory (a `UNet2DModel` + a scheduler config; needs the optional extra: pip install -c constraints.txt
+  'udcbench[diffusers]').
 - `prior_training.train_prior`: ε-prediction training on random crops of clean images (Adam, cosine LR,
   clipping, EMA).
 

@@ -1,11 +1,12 @@
 """Fine-tuning a restoration model on defended (purified) inputs, and the `ft` defense that swaps its weights in.
 
-The reference study (Song et al. 2024/2025, PROTOCOL.md §1) fine-tunes each restoration model on images
-purified with varied diffusion steps, so it learns to restore what purification leaves behind. Here:
+The reference study (Song et al., arXiv 2402.13629, 2024; Dong et al., Sensors 25(11):3386, 2025) fine-tunes
+each restoration model on images purified with varied diffusion steps, so it learns to restore what
+purification leaves behind. Here:
 
 - inputs: random crops of the train split (flips), each passed through the defense's input transform; for
   `purify` every crop gets its own t* drawn uniformly from `t_range` (default 10–50 of 1000: around the test-time
-  t* of 30, PROTOCOL.md §8), for diversity;
+  t* of 30 that purifies best on udc-mini), for diversity;
 - optional adversarial fine-tuning (`adv="pgd"`, PGD-AT, Madry et al. ICLR 2018): each crop is first attacked on
   the fly (PGD L∞ against the current weights, `adv_eps`, `adv_steps`, α = ε/4, random start), then defended;
 - loss: L2 + 0.01 · VGG-19 perceptual (relu3_3 and relu4_2 features, as the study) when ImageNet VGG-19

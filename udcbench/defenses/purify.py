@@ -65,7 +65,7 @@ from udcbench.defenses.guide import DEFAULT_SCALE, parse_guide, parse_scale
 from udcbench.defenses import noise_level
 from udcbench.defenses.noise_level import AUTO_KEYS
 from udcbench.defenses.tiling import predict_tiled
-from udcbench.registry import register_defense
+from udcbench.registry import did_you_mean, register_defense
 from udcbench.errors import SpecError
 
 SAMPLERS = ("ddim", "ddpm")
@@ -99,7 +99,8 @@ def reverse_timesteps(t_star: int, steps: int, index: str = DEFAULT_INDEX) -> li
 
 def check_index(index: str) -> None:
     if index not in INDEXES:
-        raise SpecError(f"unknown index {index!r}; use udcbench (t* is the 0-based schedule index: ᾱ_t*, the default) "
+        raise SpecError(f"unknown index {index!r}{did_you_mean(index, INDEXES)}; use udcbench (t* is the 0-based "
+                        "schedule index: ᾱ_t*, the default) "
                         "or diffpure (DiffPure/SDEdit's ᾱ_(t*−1)), e.g. purify:t=100,index=diffpure")
 
 
@@ -123,7 +124,8 @@ def check_settings(t_star: int, steps: int, sampler: str, T: int | None = None,
         raise SpecError(f"steps must be an integer from 1 to t_star={t_star}, got {steps!r}; 2 DDIM steps match 10 "
                         "within 0.02 dB (purify:steps=2)")
     if sampler not in SAMPLERS:
-        raise SpecError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)} (purify:sampler=ddim)")
+        raise SpecError(f"unknown sampler {sampler!r}{did_you_mean(sampler, SAMPLERS)}; use one of "
+                        f"{', '.join(SAMPLERS)} (purify:sampler=ddim)")
 
 
 def _check_call(prior: DiffusionPrior, image: torch.Tensor, t_star, steps: int, sampler: str, tile: int | None,
@@ -422,4 +424,5 @@ register_defense("purify", kind="transform", randomized=True,
                              "guide=mse|adv[:FILE],scale=0.4 guides the reverse steps toward the input; "
                              "prior=FILE.pt,config=adm-256-uncond loads a guided-diffusion checkpoint; "
                              "checkpoint=auto|on|off bounds adaptive-attack memory",
+                 extra="diffusers", extra_for="for prior=DIR",
                  component=PurifyDefense)(_registered_purify)

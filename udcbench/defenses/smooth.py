@@ -251,4 +251,5 @@ register_defense("smooth", kind="smoothing", randomized=True,
                  description="randomized median smoothing with certified PSNR (--radius): smooth:sigma=0.25,n=128,"
                              "alpha=0.001; sigma=auto,radius=R picks σ on clean images; denoise=prior adds one "
                              "diffusion denoising step; surrogate=FILE smooths a distilled surrogate (DUCD)",
+                 extra="diffusers", extra_for="for prior=DIR",
                  component=SmoothDefense)(SmoothDefense)

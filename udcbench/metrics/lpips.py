@@ -43,6 +43,9 @@ from udcbench.errors import CheckpointError, MissingWeightsError, UnknownNameErr
 from udcbench.registry import register_metric
 
 NETS = ("alex", "vgg")
+# the lpips wheel ships weights/v0.1/*.pth; --no-deps keeps its torch/torchvision requirements from replacing the
+# pinned CPU torch (udcbench never imports lpips, it only reads those files)
+LPIPS_INSTALL = "pip install -c constraints.txt --no-deps lpips"
 BACKBONE_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
 _BACKBONE_NAMES = {"alex": "AlexNet", "vgg": "VGG16"}
 _LINEAR_FILES = {"alex": "alex.pth", "vgg": "vgg.pth"}
@@ -156,7 +159,7 @@ def find_weights(net: str = "alex", weights_dir: str | os.PathLike | None = None
                        f"put the file in {where} or {hub}/")
     if linear is None:
         missing.append(f"the linear layers {linear_file} (weights/v0.1/{linear_file} of the lpips package); "
-                       f"put the file in {where} or pip install lpips")
+                       f"put the file in {where} or {LPIPS_INSTALL}")
     raise MissingWeightsError(f"LPIPS ({net}) needs {'; and '.join(missing)} (udcbench downloads nothing)")
 
 

@@ -1,10 +1,11 @@
 """Optional metric backend: any full-reference metric of pyiqa (IQA-PyTorch, Chaofeng Chen et al.,
 github.com/chaofengc/IQA-PyTorch) through `pyiqa.create_metric(name, as_loss=..., device=...)`.
 
-pyiqa is an extra (`pip install 'udcbench[pyiqa]'`) and needs a working torchvision, so it is imported only
-when a metric is asked for; a failed import becomes MissingExtraError with the reason. pyiqa fetches its own
-weights into its cache on first use; udcbench itself downloads nothing, so on an offline machine put them
-there first. The native `udcbench.metrics.lpips` needs neither pyiqa nor torchvision.
+pyiqa is an extra (`pip install -c constraints.txt 'udcbench[pyiqa]'`, left unpinned) and imports torchvision,
+which must be built for the installed torch, so with the CPU torch that constraints.txt pins it does not import.
+It is imported only when a metric is asked for; a failed import becomes MissingExtraError with the reason. pyiqa
+fetches its own weights into its cache on first use; udcbench itself downloads nothing, so on an offline machine
+put them there first. The native `udcbench.metrics.lpips` needs neither pyiqa nor torchvision.
 
     >>> dists = pyiqa_metric("dists", device="cuda")
     >>> dists(restored, ground_truth)                      # (B,)
@@ -12,11 +13,20 @@ there first. The native `udcbench.metrics.lpips` needs neither pyiqa nor torchvi
 
 from __future__ import annotations
 
-import difflib
-
 import torch
 
 from udcbench.errors import MissingExtraError, UnknownNameError
+from udcbench.registry import EXTRAS, did_you_mean
+
+INSTALL = EXTRAS["pyiqa"].install
+NEEDS = (f"pyiqa ({INSTALL}; it imports torchvision, which must be built for the installed torch, so it does not "
+         "import with the CPU torch of constraints.txt)")
+
+
+def caption() -> str:
+    """The line `udcbench list metrics` prints under its table: what pyiqa:NAME does, whether pyiqa is installed."""
+    return (f"pyiqa:NAME scores any full-reference pyiqa metric as pyiqa_NAME_*; it needs the extra "
+            f"{EXTRAS['pyiqa'].status()}, and pyiqa imports only with a torchvision built for the installed torch")
 
 
 def _import_pyiqa(name: str):
@@ -26,8 +36,9 @@ def _import_pyiqa(name: str):
         text = str(error).strip()
         reason = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
         raise MissingExtraError(
-            f"pyiqa:{name} needs pyiqa, which does not import here ({reason}); install it with "
-            f"pip install 'udcbench[pyiqa]' on a machine where torchvision works") from error
+            f"pyiqa:{name} needs pyiqa, which does not import here ({reason}); install it with {INSTALL} where "
+            f"torchvision works: pyiqa imports torchvision, which must be built for the installed torch (here "
+            f"{torch.__version__}), so with the CPU torch of constraints.txt it does not import") from error
     return pyiqa
 
 
@@ -67,9 +78,8 @@ def pyiqa_metric(name: str, device: str | torch.device = "cpu", as_loss: bool = 
     if list_models is not None:
         known = list(list_models())
         if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UnknownNameError(f"pyiqa has no metric {name!r}{hint}; see pyiqa.list_models()")
+            raise UnknownNameError(f"pyiqa has no metric {name!r}{did_you_mean(name, known)}; see "
+                                   "pyiqa.list_models()")
     metric = pyiqa.create_metric(name, as_loss=as_loss, device=torch.device(device))
     return PyiqaMetric(name, metric, as_loss)
 
@@ -85,5 +95,5 @@ def pyiqa_fields(name: str, device: str | torch.device = "cpu") -> dict:
                                "(no lower_better attribute); udcbench cannot rank or check it")
     column = "pyiqa_" + re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
     return dict(name=f"pyiqa:{name}", function=metric, higher_is_better=metric.higher_is_better,
-                label=f"pyiqa:{name}", column=column, needs="pyiqa (pip install 'udcbench[pyiqa]')",
+                label=f"pyiqa:{name}", column=column, needs=NEEDS,
                 description=f"pyiqa's {name} (IQA-PyTorch)")

@@ -1,6 +1,9 @@
 """Restoration models: `load_model(name, weights=None, device="cpu")`.
 
-A model is named `CONFIG` or `FAMILY` (-> its configuration with bundled weights), optionally followed by
+A model is named by a configuration or a family, one rule (`resolve_name`): a configuration name always means that
+configuration (`discnet`, `uformer-t`); a family name that is no configuration's name picks the family's
+configuration with bundled weights (`uformer` -> uformer-nano, `nafnet` -> nafnet-nano). `family_names()` says
+where every family name leads; `udcbench list models` shows it. A name may be followed by
 options that the model registers (`register_model(..., options={"key": Option(default, help, parse)})`):
 `uformer-t:train_patch=256`, several joined by `&` (`NAME:a=1&b=2`; not `,`, which separates models on the
 command line). A model without options refuses any.
@@ -13,17 +16,30 @@ from typing import Any, Mapping
 
 import torch
 
-from udcbench.errors import CheckpointError, SpecError, UnknownNameError
+from udcbench.errors import CheckpointError, MissingWeightsError, SpecError, UnknownNameError
 from udcbench.models.base import InputContract, ModelInfo, RestorationModel
 from udcbench.models.checkpoints import load_into, read_state_dict
-from udcbench.registry import MODELS, Option
+from udcbench.registry import MODELS, Option, did_you_mean
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
 def bundled_weights(name: str) -> Path | None:
+    """The weights a configuration ships with: udcbench's own (models/weights/NAME.safetensors), or the file a
+    plugin package declares with `register_model(NAME, ..., bundled_weights=PATH or a function returning one)`
+    (its package data, found wherever the package is installed). None: it ships none."""
     path = WEIGHTS_DIR / f"{name}.safetensors"
-    return path if path.is_file() else None
+    if path.is_file():
+        return path
+    declared = MODELS.get(name).info.get("bundled_weights") if name in MODELS.names() else None
+    if callable(declared):
+        declared = declared()
+    if declared is None:
+        return None
+    if not Path(declared).is_file():
+        raise MissingWeightsError(f"model {name!r} declares bundled weights {declared}, which is not a file; "
+                                  f"reinstall the package that provides {name!r}, or pass --weights FILE")
+    return Path(declared)
 
 
 def weights_id(info: ModelInfo, seed: int) -> str:
@@ -84,7 +100,8 @@ def resolve_options(config: str, text: str | None = None, given: Mapping[str, An
     for key, value in pieces:
         if key not in table:
             listing = "; ".join(f"{k} ({o.help}; default {o.default})" for k, o in table.items())
-            raise SpecError(f"model {config} has no option {key!r}; its options: {listing}; e.g. --model {example}")
+            raise SpecError(f"model {config} has no option {key!r}{did_you_mean(key, table)}; its options: "
+                            f"{listing}; e.g. --model {example}")
         try:
             parsed = table[key].parse(str(value))
         except ValueError as error:
@@ -95,8 +112,20 @@ def resolve_options(config: str, text: str | None = None, given: Mapping[str, An
     return resolved
 
 
+RULE = "a configuration name means that configuration; another family name picks its configuration with bundled weights"
+
+
+def _families() -> dict[str, list[str]]:
+    """family -> its configurations (sorted)."""
+    families: dict[str, list[str]] = {}
+    for entry in MODELS.entries():
+        families.setdefault(entry.info.get("family", entry.name), []).append(entry.name)
+    return families
+
+
 def resolve_name(name: str) -> tuple[str, str | None]:
-    """A configuration name as is, or a family name ('uformer') -> its configuration with bundled weights.
+    """(configuration, the family name it was picked by, or None), by the one rule (RULE): a configuration name as
+    is; a family name that is not also a configuration's -> the family's configuration with bundled weights.
 
     Options after ':' are ignored here (`load_model` applies them to the resolved configuration).
     """
@@ -104,16 +133,42 @@ def resolve_name(name: str) -> tuple[str, str | None]:
     names = MODELS.names()
     if name in names:
         return name, None
-    family = [entry.name for entry in MODELS.entries() if entry.info.get("family") == name]
-    with_weights = [n for n in family if bundled_weights(n)]
-    if with_weights:
-        return with_weights[0], name
-    if family:
+    families = _families()
+    if name in families:
+        with_weights = [n for n in families[name] if bundled_weights(n)]
+        if with_weights:
+            return with_weights[0], name
         raise SpecError(f"model family {name!r} has no configuration with bundled weights; pick one of "
-                        f"{', '.join(family)} and pass --weights FILE or --weights random")
-    families = sorted({entry.info["family"] for entry in MODELS.entries() if "family" in entry.info} - set(names))
-    raise UnknownNameError(f"unknown model {name!r}; known models: {', '.join(families + names)} (a family name "
-                           "picks its configuration with bundled weights; see `udcbench list models`)")
+                        f"{', '.join(families[name])} and pass --weights FILE or --weights random")
+    known = sorted(set(families) - set(names)) + names
+    raise UnknownNameError(f"unknown model {name!r}{did_you_mean(name, known)}; known models: {', '.join(known)} "
+                           f"({RULE}; see `udcbench list models`)")
+
+
+def family_names() -> dict[str, str]:
+    """Every family name -> the configuration it resolves to (resolve_name; a family without a configuration of
+    its name and without bundled weights -> '' as it resolves to none)."""
+    resolved = {}
+    for family in _families():
+        try:
+            resolved[family] = resolve_name(family)[0]
+        except SpecError:
+            resolved[family] = ""
+    return resolved
+
+
+def family_caption() -> str:
+    """The line `udcbench list models` prints under its table: the rule, and where each family name leads."""
+    resolved, families = family_names(), _families()
+    picks = ", ".join(f"{family} → {config}" for family, config in resolved.items() if config and config != family)
+    own = [family for family, config in resolved.items() if config == family]
+    bundled = [n for family in own for n in families[family] if n != family and bundled_weights(n)]
+    none = ", ".join(family for family, config in resolved.items() if not config)
+    text = f"Names: {RULE}. Family names: {picks}"
+    if own:
+        text += f"; {', '.join(own)} are configuration names too and mean those configurations"
+        text += f" (bundled weights: {', '.join(bundled)})" if bundled else ""
+    return text + (f"; {none} name no configuration with bundled weights" if none else "")
 
 
 def _load_checked(net, state: dict, source: str, entry, options: dict) -> None:
@@ -155,7 +210,7 @@ def load_model(name: str, weights: str | Path | None = None, device: str | torch
             family = entry.info.get("family", config)
             siblings = [n for n in MODELS.names() if n != config and bundled_weights(n)
                         and MODELS.get(n).info.get("family") == family]
-            hint = f" (bundled: {', '.join(siblings)})" if siblings else ""
+            hint = f"; for the family's bundled weights use --model {siblings[0]}" if siblings else ""
             raise SpecError(f"model {config!r} has no bundled weights; pass --weights FILE (an official "
                             f"checkpoint) or --weights random{hint}")
         state, _ = read_state_dict(path)
@@ -178,5 +233,6 @@ def load_model(name: str, weights: str | Path | None = None, device: str | torch
     return model
 
 
-__all__ = ["InputContract", "ModelInfo", "RestorationModel", "bundled_weights", "format_model_spec", "load_model",
-           "option_table", "resolve_name", "resolve_options", "split_options"]
+__all__ = ["InputContract", "ModelInfo", "RULE", "RestorationModel", "bundled_weights", "family_caption",
+           "family_names", "format_model_spec", "load_model", "option_table", "resolve_name", "resolve_options",
+           "split_options"]

@@ -9,11 +9,13 @@ results match one baseline row — runs an older baseline cannot tell apart — 
 naming what differs, instead of being compared with an average of different experiments.
 
 It fails when a baseline configuration is missing, when a configuration was scored on a different number of
-images, or when a metric column (every column of a registered metric, udcbench.metrics.base) moved by more than
-its tolerance: absolute, in dB for PSNR columns (--tolerance), in metric units for SSIM and LPIPS columns
-(--ssim-tolerance), and for any other metric its registered tolerance unless --metric-tolerance NAME=VALUE sets
-one (certified PSNR columns: 0.05 dB, `--metric-tolerance certified-psnr=VALUE` for every radius or
-certified-psnr@R=VALUE for one); better / worse follow each metric's registered direction. Configurations that are new are reported and
+images (its metrics are then not compared: they average other images; `report_lines` states the mismatch once
+when every matched row shares it — typically a run with --limit against a full baseline), or when a metric
+column (every column of a registered metric, udcbench.metrics.base) moved by more than its tolerance:
+absolute, in dB for PSNR columns (--tolerance), in metric units for SSIM and LPIPS columns (--ssim-tolerance),
+and for any other metric its registered tolerance unless --metric-tolerance NAME=VALUE sets one (certified PSNR
+columns: 0.05 dB, `--metric-tolerance certified-psnr=VALUE` for every radius or certified-psnr@R=VALUE for
+one); better / worse follow each metric's registered direction. Configurations that are new are reported and
 fail only in strict mode.
 """
 
@@ -34,6 +36,8 @@ from udcbench.report.leaderboard import summarise
 
 # the metric columns (by prefix) that --tolerance and --ssim-tolerance govern
 PSNR_PREFIX, SSIM_PREFIXES = "psnr", ("ssim", "lpips")
+IMAGES_HINT = ("{} covered a different part of the data (--limit?); rerun without --limit or regenerate the "
+               "baseline (metrics of such rows are not compared)")
 SLACK = 1e-9  # float noise: a move of exactly the tolerance passes
 CERTIFIED = "certified-psnr"  # --metric-tolerance name of every radius's certified PSNR (certified-psnr@R: one)
 
@@ -63,8 +67,8 @@ class Finding:
                     f"{self.metric}; regenerate the baseline with `udcbench leaderboard DIR --format csv` (one row "
                     "per run, with every setting) or keep those runs in separate folders")
         if self.kind == "images":
-            return (f"{self.configuration}: scored on {self.now:.0f} images, the baseline on "
-                    f"{self.baseline:.0f}")
+            return (f"image count: {self.configuration}: leaderboard has {_images(self.now)} per run, baseline "
+                    f"{self.baseline:.0f} — {IMAGES_HINT.format('the run')}")
         places, unit = digits(self.metric), _unit(self.metric)
         label = column_label(self.metric)
         name = f"{self.metric} ({label})" if label != self.metric else self.metric
@@ -86,17 +90,28 @@ class CheckResult:
     baseline: str
     failures: tuple[Finding, ...]
     new: tuple[Finding, ...]
-    rows: int  # baseline configurations compared
+    rows: int  # baseline configurations whose metrics were compared (found, one run, same image count)
     metrics: int  # metric columns both sides have
     tolerance: float
     ssim_tolerance: float
     strict: bool = False
     others: tuple = ()  # (label, tolerance) of the further metrics compared
 
-
     @property
     def passed(self) -> bool:
         return not self.failures and not (self.strict and self.new)
+
+    def report_lines(self) -> list[str]:
+        """The failures as `check` prints them, one line each; image-count mismatches that every matched row
+        shares (one count now, one in the baseline) are one line instead of one per configuration."""
+        counts = [f for f in self.failures if f.kind == "images"]
+        pairs = {(f.now, f.baseline) for f in counts}
+        if len(counts) < 2 or len(pairs) != 1 or self.rows:
+            return [f.describe() for f in self.failures]
+        (now, before), = pairs
+        line = (f"image count: leaderboard has {_images(now)} per run, baseline {before:.0f} (all "
+                f"{len(counts)} rows found in both) — {IMAGES_HINT.format('the runs')}")
+        return [line] + [f.describe() for f in self.failures if f.kind != "images"]
 
     def summary(self) -> str:
         others = "".join(f" / ±{value:g} {label}" for label, value in self.others)
@@ -110,12 +125,16 @@ class CheckResult:
             return f"{n} {word}{'' if n == 1 else 's'}"
 
         parts = [f"{plural(counts['moved'], 'cell')} moved", f"{plural(counts['missing'], 'baseline row')} missing",
-                 f"{plural(counts['images'], 'row')} with another image count",
+                 f"{plural(counts['images'], 'row')} with another image count (not compared)",
                  f"{plural(counts['ambiguous'], 'baseline row')} matching several runs"]
         parts = [part for part, count in zip(parts, counts.values()) if count]
         if self.strict and self.new:
             parts.append(f"{len(self.new)} new rows (--strict)")
         return f"check failed: {', '.join(parts)} — {scope.replace(' within ', ' compared at ')}"
+
+
+def _images(count: float) -> str:
+    return f"{count:.0f} image{'' if count == 1 else 's'}"
 
 
 def _unit(column: str) -> str:
@@ -279,10 +298,11 @@ def compare(current: pd.DataFrame, baseline: pd.DataFrame, tolerance: float = 0.
                          and len({_key_text(r[c]) for r in now[key]}) > 1]
             failures.append(Finding("ambiguous", label, ", ".join(differing), now=float(len(now[key]))))
             continue
-        compared += 1
         new = now[key][0]
-        if int(new["images"]) != int(old["images"]):
+        if int(new["images"]) != int(old["images"]):  # other images: its metrics are not comparable
             failures.append(Finding("images", label, baseline=float(old["images"]), now=float(new["images"])))
+            continue
+        compared += 1
         for metric in metrics:
             was, is_ = float(old[metric]), float(new[metric])
             if math.isnan(was) and math.isnan(is_):

@@ -1,12 +1,12 @@
 """Figures of a results folder, drawn with matplotlib's Agg canvas (no pyplot, no global state) and written
 atomically as PNG with fixed size, dpi and metadata, so the same data gives the same bytes.
 
-- psnr_vs_eps: the metric against the attack budget ε, one subplot per (attack, norm), one line per
-  (model, defense, threat), the clean input as the ε = 0 point, ± std over images as error bars.
+- psnr_vs_eps: the metric against the attack budget ε, one subplot per (attack, norm), all with one y range, one
+  line per (model, defense, threat), the clean input as the ε = 0 point, ± std over images as error bars.
 - certified_vs_radius: certified PSNR vs ground truth against the L2 radius r, one line per (model, defense) of
   the runs certified by median smoothing (--defense smooth:… --radius), the smoothed clean output at r = 0.
 - image_grid: one row per replayed run of one image: degraded y, attacked y′, f(y), f(y′), the defended
-  output for y′, ground truth and the amplified perturbation δ = y′ − y.
+  output for y′ (unless no run has a defense), ground truth and the amplified perturbation δ = y′ − y.
 """
 
 from __future__ import annotations
@@ -124,6 +124,11 @@ def eps_curves(rows: pd.DataFrame, metric: str = "psnr_gt") -> dict[tuple[str, s
 def psnr_vs_eps(rows: pd.DataFrame, path: str | Path, metric: str = "psnr_gt") -> Path:
     """Plot `metric` (a short name or column; default attacked PSNR vs ground truth) against eps, one subplot
     per (attack, norm), with ± std error bars, and write the PNG to `path` (see eps_curves)."""
+    return _save(eps_figure(rows, metric), path)
+
+
+def eps_figure(rows: pd.DataFrame, metric: str = "psnr_gt"):
+    """The matplotlib Figure psnr_vs_eps writes: one subplot per (attack, norm), all with the same y limits."""
     curves = eps_curves(rows, metric)
     column = resolve_metric(metric, rows)
     figure = _figure(max(6.0, 5.0 * len(curves)), 4.6)
@@ -138,10 +143,18 @@ def psnr_vs_eps(rows: pd.DataFrame, path: str | Path, metric: str = "psnr_gt") -
         ax.set_ylabel(short)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="best")
+    share_y(axes)
     note = "mean ± std over images" + ("; ε = 0: the clean input" if clean_counterpart(column) else "")
     figure.suptitle(f"{short} against the attack budget ε\n{note}", fontsize=10)
     figure.tight_layout()
-    return _save(figure, path)
+    return figure
+
+
+def share_y(axes) -> None:
+    """Give every axes the y range that holds all of them (each autoscaled to its own data first)."""
+    limits = [ax.get_ylim() for ax in axes]
+    for ax in axes:
+        ax.set_ylim(min(low for low, _ in limits), max(high for _, high in limits))
 
 
 def _smoothings(frame: pd.DataFrame) -> list:
@@ -217,6 +230,7 @@ class GridLayout:
     amplification: float  # δ is shown as 0.5 + amplification · δ
     width: int
     height: int
+    keys: tuple[str, ...] = ()  # the panel key of each image column, left to right (then δ)
 
     def tile_box(self, row: int, column: int) -> tuple[int, int, int, int]:
         """(top, left, bottom, right) of the tile in `row`, `column` (bottom and right exclusive)."""
@@ -253,9 +267,28 @@ def _row_label(panel: dict) -> str:
     return text
 
 
+def undefended(panel: dict) -> bool:
+    """Whether a panel's run has no defense: its `defense` label is 'none' or, where the panel has none, its
+    defended output is f(y′) itself."""
+    if panel.get("defense") is not None:
+        return str(panel["defense"]) == "none"
+    defended, restored = panel.get("defended_adv"), panel.get("restored_adv")
+    return defended is not None and restored is not None and np.array_equal(
+        _as_image(defended, "defended_adv"), _as_image(restored, "restored_adv"))
+
+
+def grid_columns(panels: list[dict]) -> list[tuple[str, str]]:
+    """(panel key, title) of the image columns image_grid draws, left to right (the δ column follows them):
+    PANEL_IMAGES, less the defended output when no panel's run has a defense (it would repeat f(y′))."""
+    if panels and all(undefended(panel) for panel in panels):
+        return [(key, title) for key, title in PANEL_IMAGES if key != "defended_adv"]
+    return list(PANEL_IMAGES)
+
+
 def image_grid(panels: list[dict], path: str | Path) -> GridLayout:
     """Draw one row per panel and write the PNG to `path`. A panel holds (1, 3, H, W) images in [0, 1] under
-    degraded, adversarial, restored, restored_adv, defended_adv and gt, plus eps (float or None) and label.
+    degraded, adversarial, restored, restored_adv, defended_adv and gt, plus eps (float or None), label and
+    optionally defense (its label, 'none' for an undefended run: see grid_columns).
     Small images are enlarged by an integer factor (nearest), large ones reduced by one (area mean); δ uses
     one amplification for all rows, 0.5 / max |δ|, so rows compare."""
     if not panels:
@@ -271,7 +304,9 @@ def image_grid(panels: list[dict], path: str | Path) -> GridLayout:
             raise SpecError(f"panel {index} ({panel.get('label', '')}) has images of another size than the "
                             "rest; replay one image for every run")
         images.append(row)
+    shown_columns = grid_columns(panels)
     deltas = [row[1] - row[0] for row in images]
+    images = [[image for image, column in zip(row, PANEL_IMAGES) if column in shown_columns] for row in images]
     largest = max(float(np.abs(delta).max()) for delta in deltas)
     amplification = 0.5 / largest if largest > 0 else 0.0
     height, width = images[0][0].shape[:2]
@@ -279,12 +314,12 @@ def image_grid(panels: list[dict], path: str | Path) -> GridLayout:
     scale_up = math.ceil(128 / side) if side < 128 else 1
     scale_down = math.ceil(side / 256) if side > 320 else 1
     tile_height, tile_width = (height // scale_down) * scale_up, (width // scale_down) * scale_up
-    columns = len(PANEL_IMAGES) + 1
+    columns = len(shown_columns) + 1
     canvas_width = LEFT + columns * (tile_width + GAP) + 24  # room for the last column's title
     canvas_height = HEADER + len(panels) * (tile_height + GAP)
     mosaic = np.full((canvas_height, canvas_width, 3), 255, dtype=np.uint8)
     layout = GridLayout(Path(path), len(panels), columns, tile_height, tile_width, scale_up / scale_down,
-                        amplification, canvas_width, canvas_height)
+                        amplification, canvas_width, canvas_height, tuple(key for key, _ in shown_columns))
     for row, (shown, delta) in enumerate(zip(images, deltas)):
         for column, image in enumerate(shown + [np.clip(0.5 + amplification * delta, 0.0, 1.0)]):
             top, left, bottom, right = layout.tile_box(row, column)
@@ -293,7 +328,7 @@ def image_grid(panels: list[dict], path: str | Path) -> GridLayout:
 
     figure = _figure(canvas_width / DPI, canvas_height / DPI)
     figure.figimage(mosaic, xo=0, yo=0, origin="upper")
-    titles = [title for _, title in PANEL_IMAGES]
+    titles = [title for _, title in shown_columns]
     titles.append(f"δ = y′ − y, ×{amplification:.3g}\n(gray = 0)" if largest > 0 else "δ = y′ − y\n(zero)")
     for column, title in enumerate(titles):
         _, left, _, right = layout.tile_box(0, column)

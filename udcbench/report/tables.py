@@ -12,21 +12,17 @@ which dimension to add or filter on. With attacked PSNR as the metric and rows o
 
 from __future__ import annotations
 
-import csv
-import html
-import io
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
-from tabulate import tabulate
 
 from udcbench.errors import SpecError, UnknownNameError
 from udcbench.metrics.base import CLEAN_LOSS, column_metric, description, digits, higher_is_better  # noqa: F401
 from udcbench.metrics.base import is_metric_column, registered, short_names
 from udcbench.report import certified
-from udcbench.report.escape import csv_cell, markdown, markdown_cells
 from udcbench.report.identity import DEFAULT_LABELS, label_rows
+from udcbench.report.names import Names, did_you_mean, relabel
 
 DIMENSIONS = ("model", "weights", "defense", "threat", "attack", "objective", "eps", "steps", "seed", "data",
               "split", "norm", "eot", "mask", "settings", "batch_size", "eps_batch", "precision", "backend", "scoring",
@@ -59,6 +55,8 @@ class PivotTable:
     caption: str
     digits: int
     per_row: dict  # threat / seed when they are not pivot dimensions: name -> {row key: label}
+    names: Names | None = None  # display names (names.py): the labels above are shown ones; None: raw labels
+    label: str | None = None  # the LaTeX \label key; None: tab:udcbench-NAME
 
     def text(self, row: tuple, col: tuple, plus_minus: str = "±") -> str | None:
         cell = self.cells.get((row, col))
@@ -84,7 +82,8 @@ def resolve_metric(name: str, rows: pd.DataFrame | None = None) -> str:
     column = certified.parse_short(name) or names.get(name, name)
     certified.require(column, rows)
     if column not in metric_columns(rows):
-        raise UnknownNameError(f"unknown metric {name!r}; use one of {', '.join(names)} or a metric "
+        hint = did_you_mean(name, list(names) + metric_columns(rows))
+        raise UnknownNameError(f"unknown metric {name!r}{hint}; use one of {', '.join(names)} or a metric "
                                f"column: {', '.join(metric_columns(rows))}")
     return column
 
@@ -115,7 +114,10 @@ def parse_where(items: list[str] | tuple[str, ...] | None) -> dict[str, set[str]
     for item in items or ():
         key, sep, value = item.partition("=")
         key = key.strip()
-        if not sep or key not in DIMENSIONS:
+        if sep and key not in DIMENSIONS:
+            raise SpecError(f"--where {item!r}: unknown dimension {key!r}{did_you_mean(key, DIMENSIONS)}; "
+                            f"dimensions: {', '.join(DIMENSIONS)}")
+        if not sep:
             raise SpecError(f"cannot read --where {item!r}; write DIMENSION=VALUE with DIMENSION one of "
                             f"{', '.join(DIMENSIONS)}, e.g. --where eps=8/255")
         filters.setdefault(key, set()).add(value.strip())
@@ -164,9 +166,11 @@ def _key_order(dims: tuple[str, ...]):
 def _dimensions(names, option: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in names if n.strip())
     unknown = [n for n in names if n not in DIMENSIONS]
-    if unknown or len(set(names)) != len(names):
-        raise SpecError(f"{option} {','.join(names)}: {'unknown ' + ', '.join(unknown) if unknown else 'repeated'} "
-                        f"dimension; choose from {', '.join(DIMENSIONS)}")
+    if unknown:
+        which = "; ".join(f"unknown dimension {n!r}{did_you_mean(n, DIMENSIONS)}" for n in unknown)
+        raise SpecError(f"{option} {','.join(names)}: {which}; dimensions: {', '.join(DIMENSIONS)}")
+    if len(set(names)) != len(names):
+        raise SpecError(f"{option} {','.join(names)}: repeated dimension; name each once")
     return names
 
 
@@ -201,16 +205,23 @@ def _check_single_experiment(frame: pd.DataFrame, pivot_dims: tuple[str, ...]) -
         raise SpecError("the table would average different experiments: " + "; ".join(problems))
 
 
-def _varying(frame: pd.DataFrame, dimension: str, pivot_dims: tuple[str, ...]) -> str:
+def _as_is(dimension: str, label: str) -> str:
+    return label
+
+
+def _varying(frame: pd.DataFrame, dimension: str, pivot_dims: tuple[str, ...], show=_as_is) -> str:
     """'steps by attack: cw 100, pgd 20' for a dimension that is fixed within each cell but not overall."""
     for by in pivot_dims:
         if (frame.groupby(by)[dimension].nunique() <= 1).all():
             pairs = frame.drop_duplicates(by).set_index(by)[dimension]
-            return f"{dimension} by {by}: " + ", ".join(f"{k} {pairs[k]}" for k in sort_labels(by, pairs.index))
-    return f"{dimension} {', '.join(sort_labels(dimension, set(frame[dimension])))} (one per cell)"
+            return f"{dimension} by {by}: " + ", ".join(f"{show(by, k)} {show(dimension, pairs[k])}"
+                                                       for k in sort_labels(by, pairs.index))
+    values = sort_labels(dimension, set(frame[dimension]))
+    return f"{dimension} {', '.join(show(dimension, v) for v in values)} (one per cell)"
 
 
-def _caption(frame, metric: str, cells: dict, pivot_dims: tuple[str, ...], bold: bool) -> str:
+def _caption(frame, metric: str, cells: dict, pivot_dims: tuple[str, ...], bold: bool, show=_as_is) -> str:
+    """What the table shows, then every setting it does not pivot on; labels as `show` names them."""
     text = certified.describe(metric, frame) or description(metric)
     if (frame["defense"] != "none").any() and certified.certified_radius(metric) is None:
         text += " (the defended output where a defense is set)"
@@ -220,15 +231,15 @@ def _caption(frame, metric: str, cells: dict, pivot_dims: tuple[str, ...], bold:
     parts += [note for note in [certified.beside_note(frame, metric)] if note]
     for dimension, name in (("threat", "threat model"), ("seed", "seed")):
         values = sort_labels(dimension, set(frame[dimension]))
-        parts.append(f"{name}{'s' if len(values) > 1 else ''} {', '.join(values)}")
+        parts.append(f"{name}{'s' if len(values) > 1 else ''} {', '.join(show(dimension, v) for v in values)}")
     for dimension in DIMENSIONS:
         if dimension in ("threat", "seed", "run", "weights_digest") or dimension in pivot_dims:
             continue
         values = set(frame[dimension])
         if len(values) > 1:
-            parts.append(_varying(frame, dimension, pivot_dims))
+            parts.append(_varying(frame, dimension, pivot_dims, show))
         elif values != {"-"} and not (dimension in NEW_DIMENSIONS and values == {DEFAULT_LABELS[dimension]}):
-            parts.append(f"{dimension} {values.pop()}")
+            parts.append(f"{dimension} {show(dimension, values.pop())}")
     better = higher_is_better(metric)
     if bold:
         parts.append(f"best per column in bold ({'higher' if better else 'lower'} is better)")
@@ -248,12 +259,13 @@ def _best(cells: dict, col_keys, digits: int, better: bool | None) -> frozenset:
 
 
 def pivot(rows: pd.DataFrame, rows_by=None, cols_by=None, metric: str = "psnr_gt",
-          where: list[str] | None = None) -> PivotTable:
+          where: list[str] | None = None, names: Names | None = None) -> PivotTable:
     """Mean ± std over images of `metric` per (rows_by, cols_by) combination of the stored `rows`.
 
     rows_by, cols_by: dimensions (see DIMENSIONS); None gives model, defense (+ threat when there are several)
     by attack, eps. metric: a short name (psnr_gt, ssim_gt, lpips_gt, psnr_clean_out, ssim_clean_out,
     clean_psnr_gt, clean_ssim_gt) or a metric column. where: 'dimension=label' filters, e.g. ['eps=8/255'].
+    names: display names (names.load_names) for the labels, headers and caption; None keeps the raw labels.
     """
     if rows.empty:
         raise SpecError("there are no result rows to tabulate; fill the folder with `udcbench run --out DIR` first")
@@ -282,127 +294,41 @@ def pivot(rows: pd.DataFrame, rows_by=None, cols_by=None, metric: str = "psnr_gt
         if dimension not in rows_by + cols_by:
             labels = frame.groupby(list(rows_by))[dimension].agg(lambda s: " / ".join(sort_labels(dimension, set(s))))
             per_row[dimension] = {tuple(k) if isinstance(k, tuple) else (k,): v for k, v in labels.items()}
-    return PivotTable(name=metric, metric=column, rows_by=rows_by, cols_by=cols_by, row_keys=row_keys,
-                      col_keys=col_keys, cells=cells, best=best,
-                      caption=_caption(frame, column, cells, rows_by + cols_by, bool(best)), digits=places,
-                      per_row=per_row)
+    caption = _caption(frame, column, cells, rows_by + cols_by, bool(best), names.show if names else _as_is)
+    table = PivotTable(name=metric, metric=column, rows_by=rows_by, cols_by=cols_by, row_keys=row_keys,
+                       col_keys=col_keys, cells=cells, best=best, caption=caption, digits=places, per_row=per_row)
+    return table if names is None else _displayed(table, names)
 
 
-def column_labels(table: PivotTable) -> list[str]:
-    """'pgd 8/255', and 'cw' for a column key whose eps is '-' (unless that makes two labels equal)."""
-    labels = [" ".join(p for p in key if p != "-") or "-" for key in table.col_keys]
-    return labels if len(set(labels)) == len(labels) else [" ".join(key) for key in table.col_keys]
+def _displayed(table: PivotTable, names: Names) -> PivotTable:
+    """The table with display names for its labels; rows and columns keep the order of the raw labels."""
+    def mapping(dims, keys) -> dict:
+        shown = [relabel({key[i] for key in keys}, dimension, names) for i, dimension in enumerate(dims)]
+        return {key: tuple(found[label] for found, label in zip(shown, key)) for key in keys}
+
+    rows, cols = mapping(table.rows_by, table.row_keys), mapping(table.cols_by, table.col_keys)
+    per_row = {dimension: {rows[key]: " / ".join(names.show(dimension, v) for v in text.split(" / "))
+                           for key, text in labels.items()} for dimension, labels in table.per_row.items()}
+    return replace(table, row_keys=tuple(rows[key] for key in table.row_keys),
+                   col_keys=tuple(cols[key] for key in table.col_keys),
+                   cells={(rows[r], cols[c]): cell for (r, c), cell in table.cells.items()},
+                   best=frozenset((rows[r], cols[c]) for r, c in table.best), per_row=per_row, names=names)
 
 
-def _groups(col_keys, level: int) -> list[tuple[str, int, int]]:
-    """Runs of consecutive column keys that share key[:level + 1]: (label, first index, count)."""
-    groups: list[tuple[str, int, int]] = []
-    for index, key in enumerate(col_keys):
-        if groups and col_keys[groups[-1][1]][:level + 1] == key[:level + 1]:
-            groups[-1] = (groups[-1][0], groups[-1][1], groups[-1][2] + 1)
-        else:
-            groups.append((key[level], index, 1))
-    return groups
+LABEL = re.compile(r"[A-Za-z0-9:._+/-]+")  # a LaTeX \label key that needs no escaping
 
 
-def to_markdown(table: PivotTable) -> str:
-    body = []  # labels are names from the results: escaped (no raw HTML, links or cell-splitting pipes)
-    for row in table.row_keys:
-        cells = []
-        for col in table.col_keys:
-            text = table.text(row, col) or "-"
-            cells.append(f"**{text}**" if (row, col) in table.best else text)
-        body.append(markdown_cells(row) + cells)
-    headers = markdown_cells(list(table.rows_by) + column_labels(table))
-    align = ("left",) * len(table.rows_by) + ("right",) * len(table.col_keys)
-    grid = tabulate(body, headers=headers, tablefmt="pipe", colalign=align, disable_numparse=True)
-    return f"Table: {markdown(table.caption)}\n\n{grid}\n"
+def titled(table: PivotTable, label: str | None = None, caption: str | None = None) -> PivotTable:
+    """The table with its own LaTeX \\label key (`--label tab:robustness`; default tab:udcbench-METRIC) and
+    caption (`--caption`, plain text: each format escapes it; default the generated one)."""
+    if label is not None and not LABEL.fullmatch(label):
+        raise SpecError(f"--label {label!r}: a LaTeX label takes letters, digits and : . _ + / - only, e.g. "
+                        "--label tab:robustness")
+    if caption is not None and not caption.strip():
+        raise SpecError("--caption is empty; give the caption text, or leave --caption out for the generated one")
+    return replace(table, label=label or table.label, caption=table.caption if caption is None else caption)
 
 
-def to_csv(table: PivotTable) -> str:
-    """Row-key columns, then '<column label> mean' and '<column label> std' per column (plain numbers), then
-    threat and seed when they are not pivot dimensions; text a spreadsheet would run as a formula gets a leading '
-    (escape.csv_cell)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    extra = list(table.per_row)
-    header = list(table.rows_by) + [f"{label} {stat}" for label in column_labels(table)
-                                    for stat in ("mean", "std")] + extra
-    writer.writerow([csv_cell(text) for text in header])
-    for row in table.row_keys:
-        values = [csv_cell(label) for label in row]
-        for col in table.col_keys:
-            cell = table.cells.get((row, col))
-            values += ["", ""] if cell is None else [f"{cell.mean:.{table.digits}f}", f"{cell.std:.{table.digits}f}"]
-        writer.writerow(values + [csv_cell(table.per_row[name][row]) for name in extra])
-    return buffer.getvalue()
-
-
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
-        ">": r"\textgreater{}", "|": r"\textbar{}", "±": r"$\pm$", "–": "--", "−": "$-$", "·": r"$\cdot$",
-        "×": r"$\times$", "δ": r"$\delta$", "ε": r"$\varepsilon$", "∞": r"$\infty$", "→": r"$\rightarrow$",
-        "α": r"$\alpha$", "σ": r"$\sigma$", "‖": r"$\|$", "₂": r"$_2$", "≤": r"$\leq$",  # certified captions
-        "[": "{[}", "]": "{]}",  # a row or a rule followed by [ would read it as an optional argument
-        **{chr(code): " " for code in range(32)}}  # a line break in a name would end the cell's paragraph
-
-
-def latex_escape(text: str) -> str:
-    """Plain text -> LaTeX source that pdflatex typesets as that text (specials and a few symbols)."""
-    return "".join(_TEX.get(char, char) for char in text)
-
-
-def to_latex(table: PivotTable) -> str:
-    """A `table` float with a booktabs `tabular`; needs only \\usepackage{booktabs}."""
-    first = len(table.rows_by)
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(table.caption)}}}",
-             rf"\label{{tab:udcbench-{table.name}}}",
-             rf"\begin{{tabular}}{{{'l' * first + 'r' * len(table.col_keys)}}}", r"\toprule"]
-    for level in range(len(table.cols_by) - 1):  # grouped header rows: attack over eps, ...
-        groups = _groups(table.col_keys, level)
-        cells = [""] * first + [rf"\multicolumn{{{n}}}{{c}}{{{latex_escape(label)}}}" for label, _, n in groups]
-        lines.append(" & ".join(cells) + r" \\")
-        lines.append(" ".join(rf"\cmidrule(lr){{{first + start + 1}-{first + start + n}}}" for _, start, n in groups))
-    bottom = list(table.rows_by) + [key[-1] for key in table.col_keys]
-    if len(table.cols_by) == 1:
-        bottom = list(table.rows_by) + column_labels(table)
-    lines += [" & ".join(latex_escape(h) for h in bottom) + r" \\", r"\midrule"]
-    for row in table.row_keys:
-        cells = [latex_escape(label) for label in row]
-        for col in table.col_keys:
-            text = table.text(row, col, r"$\pm$") or "--"
-            cells.append(rf"\textbf{{{text}}}" if (row, col) in table.best else text)
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
-
-
-def to_html(table: PivotTable) -> str:
-    """A standalone <table> with <caption>, <thead> (grouped headers) and <tbody>; best cells in <strong>."""
-    escape = html.escape
-    levels = len(table.cols_by)
-    lines = ['<table class="udcbench">', f"<caption>{escape(table.caption)}</caption>", "<thead>"]
-    for level in range(levels):
-        cells = []
-        if level == 0:
-            span = f' rowspan="{levels}"' if levels > 1 else ""
-            cells += [f'<th scope="col"{span}>{escape(d)}</th>' for d in table.rows_by]
-        if level < levels - 1:
-            cells += [f'<th scope="colgroup" colspan="{n}">{escape(label)}</th>'
-                      for label, _, n in _groups(table.col_keys, level)]
-        else:
-            labels = column_labels(table) if levels == 1 else [key[-1] for key in table.col_keys]
-            cells += [f'<th scope="col">{escape(label)}</th>' for label in labels]
-        lines.append("<tr>" + "".join(cells) + "</tr>")
-    lines += ["</thead>", "<tbody>"]
-    for row in table.row_keys:
-        cells = [f'<th scope="row">{escape(label)}</th>' for label in row]
-        for col in table.col_keys:
-            text = escape(table.text(row, col) or "-")
-            cells.append(f"<td><strong>{text}</strong></td>" if (row, col) in table.best else f"<td>{text}</td>")
-        lines.append("<tr>" + "".join(cells) + "</tr>")
-    lines += ["</tbody>", "</table>"]
-    return "\n".join(lines) + "\n"
-
-
-RENDERERS = {"md": to_markdown, "csv": to_csv, "latex": to_latex, "html": to_html}
+# the renderers (render.py), importable from here as before
+from udcbench.report.render import (RENDERERS, column_labels, latex_escape, to_csv, to_html,  # noqa: E402,F401
+                                    to_latex, to_markdown)

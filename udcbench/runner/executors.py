@@ -61,7 +61,18 @@ class Execution:
         self.stored += added
         self.added += added
         self.work.merge(work)
-        self.show(", ".join(unit.names))
+        self.show(self.describe(unit))
+
+    def describe(self, unit: Unit) -> str:
+        """The progress note of a finished unit: its images; in a plan of several runs, also its group's runs
+        ('img_03 · group 2/3: 4 runs of uformer-nano')."""
+        names = ", ".join(unit.names)
+        if len(self.plan.jobs) == 1:
+            return names
+        group = f"group {unit.group + 1}/{len(self.plan.groups)}: " if len(self.plan.groups) > 1 else ""
+        runs = len(unit.runs)
+        model = self.plan.groups[unit.group].jobs[0].labels.get("model", "")
+        return f"{names} · {group}{runs} run{'' if runs == 1 else 's'} of {model}"
 
     def compute(self, units: list[Unit]) -> None:
         if self.executor == "local":

@@ -156,13 +156,11 @@ def stack_eps(specs: list[RunSpec]) -> list[RunSpec]:
 
 def attack_settings(name: str, params: dict, objective="mse-clean", mask=None, where: str = "") -> list[AttackSpec]:
     """One AttackSpec per combination of list-valued parameters (and objectives)."""
+    from udcbench.attacks.params import check_names
     from udcbench.registry import ATTACKS
 
     defaults = ATTACKS.get(name).info.get("defaults", {})
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise SpecError(f"{where}attack {name!r} has no parameter(s) {', '.join(unknown)}; its parameters are "
-                        f"{', '.join(defaults)}")
+    check_names(name, defaults, params, where)
     keys = list(params)
     values = [v if isinstance(v, list) else [v] for v in params.values()]
     objectives = objective if isinstance(objective, list) else [objective]
